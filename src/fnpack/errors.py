@@ -1,0 +1,85 @@
+"""The error model: every user mistake is one FnpackError with an exit code.
+
+The CLI prints `error: <message>` and `hint: <hint>` and exits with the code;
+it never shows a traceback for these. The codes are documented in the README.
+"""
+
+from __future__ import annotations
+
+
+class FnpackError(Exception):
+    """A user-facing error: what went wrong, what was expected, how to fix it."""
+
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, object]:
+        return {"error": self.kind, "message": self.message, "hint": self.hint, "exit_code": self.exit_code}
+
+
+class SpecError(FnpackError):
+    """fnpack.yaml is missing, malformed or invalid."""
+
+    exit_code = 3
+    kind = "spec"
+
+
+class ModelError(FnpackError):
+    """The model file is missing, not ONNX, or does not match the spec or the target runtime."""
+
+    exit_code = 4
+    kind = "model"
+
+
+class UserCodeError(FnpackError):
+    """The feature extractor or scorer cannot be imported."""
+
+    exit_code = 5
+    kind = "user-code"
+
+
+class DependencyError(FnpackError):
+    """A requirement cannot be resolved or has no wheel for the target platform."""
+
+    exit_code = 6
+    kind = "dependency"
+
+
+class BudgetError(FnpackError):
+    """The archive is over the target's size budget."""
+
+    exit_code = 7
+    kind = "size-budget"
+
+    def __init__(self, message: str, hint: str | None = None, report: dict | None = None) -> None:
+        super().__init__(message, hint)
+        self.report = report or {}
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "report": self.report}
+
+
+class SmokeTestError(FnpackError):
+    """A sample request failed when the built archive was run."""
+
+    exit_code = 8
+    kind = "smoke-test"
+
+
+class OutputError(FnpackError):
+    """The output folder cannot be created or written."""
+
+    exit_code = 9
+    kind = "output"
+
+
+class ArchiveError(FnpackError):
+    """An archive is unreadable, tampered with, or unsafe to unpack."""
+
+    exit_code = 10
+    kind = "archive"
