@@ -1,0 +1,537 @@
+"""The one reader for fnpack archives: `inspect`, the build's smoke run and the runtime server all open archives here.
+
+`open_archive` rejects an unsafe archive before a single byte is extracted:
+hostile names, escaping symlinks, zip bombs, encryption, unknown compression.
+Entries are then decompressed by this module, not by `ZipFile.open`, so that
+every call's output is capped and no entry may yield more bytes than its
+header declares (zipfile trusts the headers and lets bzip2 expand a 4 KiB read
+without bound). As the declared sizes were checked against the limits, that
+cap enforces the limits on the actual bytes.
+
+Imports stay light: stdlib only, plus zipfile_deflate64 when an entry needs it.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import hashlib
+import json
+import lzma
+import os
+import re
+import stat
+import struct
+import threading
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from .errors import ArchiveError
+
+MANIFEST_NAME = "fnpack.json"
+
+_CHUNK = 1 << 20  # output per decompress call, and the read size for hashing
+_RAW_CHUNK = 64 << 10
+_DEFLATE64_RAW_CHUNK = 1 << 10  # Deflate64 cannot cap its output; 1 KiB expands to at most ~30 MB
+_RATIO_MIN_SIZE = 1 << 20  # small entries may compress very well without being bombs
+_MAX_LINK_TARGET = 4096
+_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    9: "deflate64",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then name and extra field lengths
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+_DRIVE = re.compile(r"[A-Za-z]:")
+_UNSAFE_HINT = "the archive is unsafe to unpack; rebuild it with `fnpack build` or get it from a trusted source"
+_CORRUPT_HINT = "the archive is damaged or tampered with; rebuild it or download it again"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_entries: int = 20_000
+    max_total_size: int = 1 << 30  # total uncompressed bytes
+    max_ratio: float = 200.0  # per entry, for entries over 1 MiB uncompressed
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str  # as stored; a folder's name ends with "/"
+    info: zipfile.ZipInfo
+    kind: str  # "file", "dir" or "link"
+    offset: int = 0  # where the compressed data starts
+    target: str = ""  # a link's target
+
+
+class _Decompressor(Protocol):
+    """The interface of bz2.BZ2Decompressor and lzma.LZMADecompressor, which the others are adapted to."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def needs_input(self) -> bool: ...
+
+    def decompress(self, data: bytes, max_length: int) -> bytes: ...
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return _sha256_stream(f)
+
+
+def open_archive(
+    path: Path | str, expected_sha256: str | None = None, limits: Limits = Limits()
+) -> SafeArchive:
+    """Open and check an archive; raise ArchiveError if it is not a zip, not the expected one, or unsafe."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArchiveError(f"{path} does not exist or is not a file", hint="check the archive's path")
+    fp = path.open("rb")
+    try:
+        # The bytes hashed are the bytes read: the same handle serves both.
+        archive = SafeArchive(path, fp, limits)
+        if expected_sha256 is not None and archive.sha256 != expected_sha256.lower():
+            raise ArchiveError(
+                f"{path}: sha256 mismatch: expected {expected_sha256.lower()}, got {archive.sha256}",
+                hint="the archive is not the one expected; download it again or check the expected hash",
+            )
+        archive._check()
+    except BaseException:
+        fp.close()
+        raise
+    return archive
+
+
+class SafeArchive:
+    """An archive that passed `open_archive`'s checks. Get one from `open_archive`, not from this constructor."""
+
+    def __init__(self, path: Path, fp: BinaryIO, limits: Limits) -> None:
+        self.path = path
+        self.limits = limits
+        self._fp = fp
+        self._lock = threading.Lock()  # reads seek the shared handle
+        self.sha256 = _sha256_stream(fp)
+        fp.seek(0)
+        try:
+            self._zip = zipfile.ZipFile(fp)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as exc:
+            raise ArchiveError(f"{path} is not a zip archive ({exc})", hint="fnpack archives are zip files") from exc
+        self._entries: list[_Entry] = []
+        self._files: dict[str, _Entry] = {}  # file and link entries by name, in archive order
+
+    def __enter__(self) -> SafeArchive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._zip.close()
+        self._fp.close()
+
+    def names(self) -> list[str]:
+        return list(self._files)
+
+    def read(self, name: str) -> bytes:
+        return b"".join(self._stream(self._file(name)))
+
+    def manifest(self) -> dict | None:
+        if MANIFEST_NAME not in self._files:
+            return None
+        try:
+            data = json.loads(self.read(MANIFEST_NAME))
+        except ValueError as exc:  # includes UnicodeDecodeError
+            raise ArchiveError(f"entry {MANIFEST_NAME!r} is not valid JSON: {exc}", hint=_CORRUPT_HINT) from exc
+        if not isinstance(data, dict):
+            raise ArchiveError(
+                f"entry {MANIFEST_NAME!r} must be a JSON object, got {type(data).__name__}", hint=_CORRUPT_HINT
+            )
+        return data
+
+    def verify(self) -> list[str]:
+        """What differs between the manifest's `files` and the archive; [] when the archive is intact."""
+        manifest = self.manifest()
+        if manifest is None:
+            raise ArchiveError(f"{self.path} has no {MANIFEST_NAME}", hint="only archives built by fnpack can be verified")
+        listed = manifest.get("files")
+        if not isinstance(listed, dict) or not all(isinstance(v, dict) for v in listed.values()):
+            raise ArchiveError(
+                f"entry {MANIFEST_NAME!r} has no 'files' object mapping paths to {{size, sha256}}", hint=_CORRUPT_HINT
+            )
+        problems = []
+        for name, want in listed.items():
+            if name not in self._files:
+                problems.append(f"{name}: listed in {MANIFEST_NAME} but missing from the archive")
+                continue
+            entry = self._files[name]
+            digest = hashlib.sha256()
+            for chunk in self._stream(entry):
+                digest.update(chunk)
+            if want.get("size") != entry.info.file_size:  # _stream checked the actual size against it
+                problems.append(f"{name}: {entry.info.file_size} bytes, {MANIFEST_NAME} says {want.get('size')}")
+            if str(want.get("sha256")).lower() != digest.hexdigest():
+                problems.append(f"{name}: sha256 {digest.hexdigest()}, {MANIFEST_NAME} says {want.get('sha256')}")
+        problems += [
+            f"{name}: in the archive but not listed in {MANIFEST_NAME}"
+            for name in self._files
+            if name not in listed and name != MANIFEST_NAME
+        ]
+        return problems
+
+    def extract_all(self, dest: Path) -> None:
+        """Unpack under dest without overwriting anything; on error, remove what was unpacked."""
+        dest = Path(dest)
+        created: list[Path] = []
+        try:
+            for missing in reversed([p for p in (dest, *dest.parents) if not os.path.lexists(p)]):
+                missing.mkdir()
+                created.append(missing)
+            if not dest.is_dir():
+                raise ArchiveError(f"cannot extract to {dest}: not a folder", hint="pick an empty or new folder")
+            folders: set[Path] = set()
+            for entry in self._entries:
+                try:
+                    self._extract(entry, dest, created, folders)
+                except FileExistsError as exc:
+                    raise ArchiveError(
+                        f"cannot extract entry {entry.name!r}: {exc.filename} already exists",
+                        hint="extract into an empty or new folder",
+                    ) from exc
+                except OSError as exc:
+                    raise ArchiveError(f"cannot extract entry {entry.name!r}: {exc}", hint="check the folder") from exc
+        except BaseException:
+            for path in reversed(created):
+                with contextlib.suppress(OSError):
+                    if path.is_dir() and not path.is_symlink():
+                        path.rmdir()
+                    else:
+                        path.unlink()
+            raise
+
+    def _extract(self, entry: _Entry, dest: Path, created: list[Path], folders: set[Path]) -> None:
+        parts = entry.name.removesuffix("/").split("/")
+        parent = _make_folders(dest, parts if entry.kind == "dir" else parts[:-1], created, folders)
+        if entry.kind == "dir":
+            return
+        path = parent / parts[-1]
+        if entry.kind == "link":
+            os.symlink(entry.target, path)
+            created.append(path)
+            return
+        with open(path, "xb") as f:  # "x": never overwrite, never write through a planted link
+            created.append(path)
+            for chunk in self._stream(entry):
+                f.write(chunk)
+        os.chmod(path, 0o755 if (entry.info.external_attr >> 16) & 0o111 else 0o644)
+
+    def _file(self, name: str) -> _Entry:
+        if name not in self._files:
+            raise ArchiveError(f"entry {name!r} is not in {self.path}", hint="list the archive's entries with `fnpack inspect`")
+        return self._files[name]
+
+    def _check(self) -> None:
+        """Every check that needs no decompression, then the symlinks' targets."""
+        infos = self._zip.infolist()
+        if len(infos) > self.limits.max_entries:
+            raise ArchiveError(
+                f"{self.path} has {len(infos)} entries, over the limit of {self.limits.max_entries} "
+                f"(first one over: {infos[self.limits.max_entries].orig_filename!r})",
+                hint=_UNSAFE_HINT,
+            )
+        entries: dict[str, _Entry] = {}  # by name without a folder's trailing "/", which collides on disk
+        total = 0
+        for info in infos:
+            entry = _check_entry(info, self.limits)
+            key = entry.name.removesuffix("/")
+            if key in entries:
+                raise ArchiveError(f"entry {entry.name!r} appears twice in the archive", hint=_UNSAFE_HINT)
+            entries[key] = entry
+            total += info.file_size
+            if total > self.limits.max_total_size:
+                raise ArchiveError(
+                    f"entry {entry.name!r} brings the declared uncompressed size to {total} bytes, "
+                    f"over the limit of {self.limits.max_total_size}",
+                    hint=_UNSAFE_HINT,
+                )
+        for key, entry in entries.items():
+            parts = key.split("/")
+            for i in range(1, len(parts)):  # a file or link where a folder should be would redirect writes
+                above = entries.get("/".join(parts[:i]))
+                if above is not None and above.kind != "dir":
+                    raise ArchiveError(
+                        f"entry {entry.name!r} lies under {above.name!r}, a {above.kind} and not a folder",
+                        hint=_UNSAFE_HINT,
+                    )
+        located = [self._locate(entry) for entry in entries.values()]
+        self._check_overlaps(located)
+        links = {e.name for e in located if e.kind == "link"}
+        for entry in located:
+            if entry.kind == "link":
+                entry = replace(entry, target=self._link_target(entry, links))
+            self._entries.append(entry)
+            if entry.kind != "dir":
+                self._files[entry.name] = entry
+
+    def _locate(self, entry: _Entry) -> _Entry:
+        """Find the entry's data through its local header, which must agree with the central directory."""
+        with self._lock:
+            self._fp.seek(entry.info.header_offset)
+            header = self._fp.read(_LOCAL_HEADER.size)
+            signature, name_length, extra_length = (
+                _LOCAL_HEADER.unpack(header) if len(header) == _LOCAL_HEADER.size else (b"", 0, 0)
+            )
+            raw_name = self._fp.read(name_length)
+        encoding = "utf-8" if entry.info.flag_bits & 0x800 else "cp437"
+        if signature != _LOCAL_SIGNATURE or raw_name.decode(encoding, "replace") != entry.name:
+            raise ArchiveError(
+                f"entry {entry.name!r}: its local header is missing or names another file", hint=_CORRUPT_HINT
+            )
+        return replace(entry, offset=entry.info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
+
+    def _check_overlaps(self, entries: list[_Entry]) -> None:
+        """Overlapping entries make the "non-recursive zip bomb"; zipfile checks for them only from 3.11.8 on."""
+        ordered = sorted(entries, key=lambda e: e.info.header_offset)
+        for entry, after in zip(ordered, [*ordered[1:], None]):
+            end = after.info.header_offset if after else self._zip.start_dir
+            if entry.offset + entry.info.compress_size > end:
+                what = f"entry {after.name!r}" if after else "the central directory"
+                raise ArchiveError(f"entry {entry.name!r} overlaps {what}", hint=_UNSAFE_HINT)
+
+    def _link_target(self, entry: _Entry, links: set[str]) -> str:
+        if entry.info.file_size > _MAX_LINK_TARGET:
+            raise ArchiveError(f"symlink {entry.name!r} has a target over {_MAX_LINK_TARGET} bytes", hint=_UNSAFE_HINT)
+        try:
+            target = b"".join(self._stream(entry)).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ArchiveError(f"symlink {entry.name!r} has a target that is not UTF-8", hint=_UNSAFE_HINT) from exc
+        problem = _link_problem(entry.name, target, links)
+        if problem:
+            raise ArchiveError(f"symlink {entry.name!r} {problem}; it must point inside the archive", hint=_UNSAFE_HINT)
+        return target
+
+    def _stream(self, entry: _Entry) -> Iterator[bytes]:
+        """The entry's bytes, decompressed in capped chunks; never more than its header declares."""
+        info = entry.info
+        size, crc = 0, 0
+        try:
+            for chunk in _decompress(info.compress_type, self._raw(entry)):
+                size += len(chunk)
+                if size > info.file_size:
+                    raise ArchiveError(
+                        f"entry {entry.name!r} decompresses to more than the {info.file_size} bytes its header declares",
+                        hint="the archive's headers are forged (a zip bomb); do not use it",
+                    )
+                crc = zlib.crc32(chunk, crc)
+                yield chunk
+        except (zlib.error, lzma.LZMAError, OSError, ValueError, EOFError, struct.error) as exc:
+            raise ArchiveError(f"entry {entry.name!r} is corrupt: {exc}", hint=_CORRUPT_HINT) from exc
+        if size != info.file_size or crc != info.CRC:
+            raise ArchiveError(
+                f"entry {entry.name!r} is corrupt: {size} bytes with CRC {crc:08x}, "
+                f"its header declares {info.file_size} bytes with CRC {info.CRC:08x}",
+                hint=_CORRUPT_HINT,
+            )
+
+    def _raw(self, entry: _Entry) -> Iterator[bytes]:
+        chunk = _DEFLATE64_RAW_CHUNK if entry.info.compress_type == 9 else _RAW_CHUNK
+        position, left = entry.offset, entry.info.compress_size
+        while left > 0:
+            with self._lock:
+                self._fp.seek(position)
+                data = self._fp.read(min(chunk, left))
+            if not data:
+                raise ArchiveError(f"entry {entry.name!r} is truncated", hint=_CORRUPT_HINT)
+            position += len(data)
+            left -= len(data)
+            yield data
+
+
+def _check_entry(info: zipfile.ZipInfo, limits: Limits) -> _Entry:
+    """The checks one central directory record allows: name, encryption, method, type, ratio."""
+    name = info.orig_filename  # ZipInfo.filename is cut at the first NUL byte
+    problem = _path_problem(name)
+    if problem:
+        raise ArchiveError(f"entry {name!r} {problem}", hint=_UNSAFE_HINT)
+    if info.flag_bits & 0x41:  # traditional or strong encryption
+        raise ArchiveError(f"entry {name!r} is encrypted; fnpack archives never are", hint=_UNSAFE_HINT)
+    if info.compress_type not in _METHODS:
+        raise ArchiveError(
+            f"entry {name!r} uses compression method {info.compress_type}; "
+            f"expected one of {', '.join(_METHODS.values())}",
+            hint="repack the archive with deflate",
+        )
+    mode = info.external_attr >> 16
+    if name.endswith("/"):
+        kind = "dir"
+    elif stat.S_ISLNK(mode):
+        kind = "link"
+    elif stat.S_IFMT(mode) in (0, stat.S_IFREG):  # 0: made on a system without unix modes
+        kind = "file"
+    else:
+        raise ArchiveError(
+            f"entry {name!r} has unix file type {stat.S_IFMT(mode):o}; expected a regular file, folder or symlink",
+            hint=_UNSAFE_HINT,
+        )
+    if info.file_size > _RATIO_MIN_SIZE and info.file_size / max(info.compress_size, 1) > limits.max_ratio:
+        raise ArchiveError(
+            f"entry {name!r} declares {info.file_size} bytes from {info.compress_size} compressed, "
+            f"a ratio over the limit of {limits.max_ratio:g}: a zip bomb",
+            hint=_UNSAFE_HINT,
+        )
+    return _Entry(name, info, kind)
+
+
+def _path_problem(name: str) -> str | None:
+    """Why a name cannot be extracted safely on any system, or None."""
+    if not name:
+        return "has an empty name"
+    if "\x00" in name:
+        return "has a NUL byte in its name"
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        return "is an absolute path; expected a path relative to the archive root"
+    if "\\" in name:
+        return "has a backslash in its name; expected '/' as the only separator"
+    parts = name.removesuffix("/").split("/")
+    if ".." in parts:
+        return "has a '..' component; expected a path inside the archive"
+    if any(part in ("", ".") for part in parts):
+        return "has an empty or '.' component; expected a normalized path"
+    return None
+
+
+def _link_problem(link: str, target: str, links: set[str]) -> str | None:
+    """Why a symlink's target is unsafe, or None. Resolved from the link's folder as the OS would."""
+    if not target or "\x00" in target or "\\" in target:
+        return f"has the target {target!r}, which is empty or has a NUL byte or a backslash"
+    if target.startswith("/") or _DRIVE.match(target):
+        return f"points to the absolute path {target!r}"
+    here = link.split("/")[:-1]
+    parts = target.split("/")
+    for i, part in enumerate(parts):
+        if part == "..":
+            if not here:
+                return f"points outside the archive ({target!r})"
+            here.pop()
+        elif part not in ("", "."):
+            here.append(part)
+            # The OS resolves '..' after a link from the link's target, not lexically as above.
+            if "/".join(here) in links and ".." in parts[i + 1 :]:
+                return f"has the target {target!r}, which goes through the symlink {'/'.join(here)!r} and back up"
+    return None
+
+
+def _make_folders(dest: Path, parts: list[str], created: list[Path], folders: set[Path]) -> Path:
+    path = dest
+    for part in parts:
+        path = path / part
+        if path in folders:
+            continue
+        try:
+            path.mkdir()
+            created.append(path)
+        except FileExistsError:
+            if not stat.S_ISDIR(path.lstat().st_mode):  # lstat: never follow a link already in dest
+                raise
+        folders.add(path)
+    return path
+
+
+def _decompress(method: int, raw: Iterator[bytes]) -> Iterator[bytes]:
+    """Decompressed chunks of at most _CHUNK bytes (Deflate64: see _DEFLATE64_RAW_CHUNK)."""
+    if method == zipfile.ZIP_STORED:
+        yield from raw
+        return
+    decompressor = _decompressor(method)
+    for data in raw:
+        while True:
+            out = decompressor.decompress(data, _CHUNK)
+            data = b""
+            if out:
+                yield out
+            if decompressor.eof:  # trailing bytes are ignored; Deflate64 would re-emit its last window
+                return
+            if decompressor.needs_input:
+                break
+
+
+def _decompressor(method: int) -> _Decompressor:
+    if method == zipfile.ZIP_DEFLATED:
+        return _Inflate()
+    if method == zipfile.ZIP_BZIP2:
+        return bz2.BZ2Decompressor()
+    if method == zipfile.ZIP_LZMA:
+        return _ZipLZMA()
+    return _Deflate64()
+
+
+class _Inflate:
+    """zlib's raw inflate, whose unconsumed input is left to the caller."""
+
+    def __init__(self) -> None:
+        self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+        self.needs_input = True
+
+    @property
+    def eof(self) -> bool:
+        return self._z.eof
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        out = self._z.decompress(self._z.unconsumed_tail + data, max_length)
+        self.needs_input = not self._z.unconsumed_tail and len(out) < max_length
+        return out
+
+
+class _ZipLZMA:
+    """LZMA as zip stores it: a 4-byte version and size header, the filter properties, then a raw stream."""
+
+    def __init__(self) -> None:
+        self._lzma: lzma.LZMADecompressor | None = None
+
+    @property
+    def eof(self) -> bool:
+        return self._lzma is not None and self._lzma.eof
+
+    @property
+    def needs_input(self) -> bool:
+        return self._lzma is None or self._lzma.needs_input
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self._lzma is None:  # the first raw chunk holds the whole header unless the entry is corrupt
+            (size,) = struct.unpack_from("<H", data, 2)
+            filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, data[4 : 4 + size])]  # as zipfile does
+            self._lzma = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
+            data = data[4 + size :]
+        return self._lzma.decompress(data, max_length)
+
+
+class _Deflate64:
+    """zipfile_deflate64's decoder; it takes no output cap, so it is fed small chunks instead."""
+
+    needs_input = True
+
+    def __init__(self) -> None:
+        # Importing it patches zipfile globally, so only archives that need it do.
+        from zipfile_deflate64.deflate64 import Deflate64
+
+        self._d = Deflate64()
+
+    @property
+    def eof(self) -> bool:
+        return self._d.eof
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        return self._d.decompress(data)
+
+
+def _sha256_stream(f: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := f.read(_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()

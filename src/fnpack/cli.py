@@ -1,0 +1,186 @@
+"""The `fnpack` command: parse, call the library, render. Errors end as one message and an exit code."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from fnpack import __version__
+from fnpack.errors import FnpackError, SpecError
+
+app = typer.Typer(help="Package ONNX model functions into deterministic archives and serve them.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+TEMPLATES = {"tabular": "iris", "image": "digits"}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def main() -> None:
+    app()
+
+
+@contextmanager
+def _errors(as_json: bool) -> Iterator[None]:
+    """FnpackError -> `error:` + `hint:` (or one JSON object) and its exit code; never a traceback."""
+    try:
+        yield
+    except FnpackError as exc:
+        if as_json:
+            out.print_json(json.dumps(exc.to_dict()))
+        else:
+            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+            report = getattr(exc, "report", None)
+            if report:
+                _print_breakdown(report, err)
+            if exc.hint:
+                err.print(f"[bold]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.match(text)
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a size; expected e.g. 45MB, 200MiB or 1000000")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
+
+
+@app.command()
+def build(
+    path: Path = typer.Argument(Path("."), help="Function folder (holding fnpack.yaml) or the spec file."),
+    target: str = typer.Option("local", "--target", "-t", help="local, aws-lambda, knative or openfaas."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: PATH/dist]."),
+    max_size: Optional[str] = typer.Option(None, "--max-size", help="Fail if the zipped archive is larger (45MB)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON result instead of the report."),
+) -> None:
+    """Build a deterministic, size-checked archive and smoke-run its samples."""
+    from fnpack.build.pipeline import build as run_build
+
+    limit = parse_size(max_size) if max_size else None
+    with _errors(as_json), _progress(enabled=not as_json) as progress:
+        result = run_build(path, target=target, out=out_dir, max_size=limit, progress=progress)
+    if as_json:
+        out.print_json(json.dumps(result.to_dict()))
+        return
+    from fnpack.build.budget import human
+
+    out.print(f"[bold green]built[/] {result.archive}", highlight=False)
+    out.print(f"  sha256   {result.sha256}\n  target   {result.target} ({result.runtime}, {result.arch})\n"
+              f"  size     {human(result.zipped_size)} zipped, {human(result.unzipped_size)} unzipped, "
+              f"{result.files} files" + (f", upload: {result.upload}" if result.upload else ""), highlight=False)
+    smoke = result.smoke
+    out.print(f"  smoke    {smoke['samples']} sample(s) passed" if smoke["status"] == "passed" else
+              f"  smoke    [yellow]skipped[/]", highlight=False)
+    _print_breakdown(result.breakdown, out, top=3)
+    for note in result.notes:
+        out.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+@app.command()
+def inspect(
+    archive: Path = typer.Argument(..., help="An archive built by fnpack."),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="Fail unless the archive has this sha256."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Show an archive's manifest, handler, sizes and whether it is intact."""
+    from fnpack.inspect import inspect_archive
+
+    with _errors(as_json):
+        report = inspect_archive(archive, expected_sha256=sha256)
+    if as_json:
+        out.print_json(json.dumps(report))
+    else:
+        _print_inspection(report)
+    if not report["intact"]:
+        raise typer.Exit(10)
+
+
+@app.command()
+def init(
+    name: str = typer.Argument(..., help="Function name: a lower-case DNS label; also the new folder's name."),
+    template: str = typer.Option("tabular", "--template", help="tabular (iris classifier) or image (digits)."),
+    directory: Optional[Path] = typer.Option(None, "--dir", help="Create it here [default: ./NAME]."),
+) -> None:
+    """Scaffold a working function: spec, small model, features, score, sample requests."""
+    from fnpack._resources import data_dir
+    from fnpack.spec import load_project, parse_spec
+
+    with _errors(False):
+        if template not in TEMPLATES:
+            raise SpecError(f"unknown template {template!r}", hint=f"choose one of: {', '.join(TEMPLATES)}")
+        target = directory or Path(name)
+        if target.exists() and any(target.iterdir()):
+            raise SpecError(f"{target} already exists and is not empty", hint="pick another name or --dir")
+        source = data_dir("examples") / TEMPLATES[template]
+        spec_text = (source / "fnpack.yaml").read_text(encoding="utf-8")
+        parse_spec({**load_project(source).spec.model_dump(exclude_unset=True), "name": name})  # checks the name
+        shutil.copytree(source, target, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "dist", "*.pyc"))
+        (target / "fnpack.yaml").write_text(re.sub(r"(?m)^name:.*$", f"name: {name}", spec_text, count=1),
+                                            encoding="utf-8")
+    out.print(f"created {target}/ from the {template} template. Next:\n  cd {target} && fnpack build",
+              highlight=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of fnpack.yaml."""
+    from fnpack.spec import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def version() -> None:
+    """Print fnpack's version."""
+    out.print(__version__)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A spinner with the current step on stderr (silent when disabled or not a terminal)."""
+    if not enabled or not err.is_terminal:
+        yield lambda _: None
+        return
+    with err.status("building") as status:
+        yield lambda step: status.update(step)
+
+
+def _print_breakdown(report: dict[str, Any], console: Console, top: int = 8) -> None:
+    from fnpack.build.budget import human
+
+    console.print("  largest  " + ", ".join(f"{p['name']} {human(p['size'])} ({p['share']:.0%})"
+                                            for p in report.get("packages", [])[:top]), highlight=False)
+    if top > 3:
+        for f in report.get("largest_files", [])[:top]:
+            console.print(f"           {f['path']}  {human(f['size'])} ({f['share']:.0%})", highlight=False)
+
+
+def _print_inspection(report: dict[str, Any]) -> None:
+    from fnpack.build.budget import human
+
+    m = report.get("manifest") or {}
+    out.print(f"[bold]{report['path']}[/]", highlight=False)
+    out.print(f"  sha256   {report['sha256']}\n  intact   {'yes' if report['intact'] else '[red]no[/]'}",
+              highlight=False)
+    for problem in report["problems"][:20]:
+        out.print(f"           [red]{problem}[/]", highlight=False)
+    if m:
+        out.print(f"  function {m.get('name')} ({m.get('target')}, {m.get('runtime')}, {m.get('arch')})\n"
+                  f"  handlers asgi {m['handlers']['asgi']}, lambda {m['handlers']['lambda']}\n"
+                  f"  model    {m['model']['path']} (IR {m['model']['ir_version']}, opsets {m['model']['opsets']})\n"
+                  f"  built by fnpack {m.get('fnpack_version')}", highlight=False)
+    out.print(f"  size     {human(report['zipped_size'])} zipped, {human(report['unzipped_size'])} unzipped, "
+              f"{report['files']} files", highlight=False)
+    _print_breakdown(report["breakdown"], out)

@@ -1,0 +1,1 @@
+"""What runs inside a function. Copied into every archive: stdlib, numpy and onnxruntime only."""
