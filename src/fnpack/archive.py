@@ -28,9 +28,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
-from .errors import ArchiveError
+from .errors import ArchiveError, OutputError
 
 MANIFEST_NAME = "fnpack.json"
 
@@ -57,7 +57,9 @@ _CORRUPT_HINT = "the archive is damaged or tampered with; rebuild it or download
 class Limits:
     max_entries: int = 20_000
     max_total_size: int = 1 << 30  # total uncompressed bytes
-    max_ratio: float = 200.0  # per entry, for entries over 1 MiB uncompressed
+    # Per entry over 1 MiB. Deflate tops out near 1032:1, reached only by runs of one byte; real
+    # files stay below (auditwheel-padded libraries reach ~250:1, e.g. Pillow's libXau).
+    max_ratio: float = 1000.0
 
 
 @dataclass(frozen=True)
@@ -95,36 +97,34 @@ def open_archive(
         raise ArchiveError(f"{path} does not exist or is not a file", hint="check the archive's path")
     fp = path.open("rb")
     try:
-        # The bytes hashed are the bytes read: the same handle serves both.
-        archive = SafeArchive(path, fp, limits)
-        if expected_sha256 is not None and archive.sha256 != expected_sha256.lower():
-            raise ArchiveError(
-                f"{path}: sha256 mismatch: expected {expected_sha256.lower()}, got {archive.sha256}",
-                hint="the archive is not the one expected; download it again or check the expected hash",
-            )
-        archive._check()
+        return SafeArchive(path, fp, expected_sha256, limits)
     except BaseException:
         fp.close()
         raise
-    return archive
 
 
 class SafeArchive:
-    """An archive that passed `open_archive`'s checks. Get one from `open_archive`, not from this constructor."""
+    """An archive that passed every check made without extracting. Get one from `open_archive`."""
 
-    def __init__(self, path: Path, fp: BinaryIO, limits: Limits) -> None:
+    def __init__(self, path: Path, fp: BinaryIO, expected_sha256: str | None, limits: Limits) -> None:
         self.path = path
         self.limits = limits
         self._fp = fp
         self._lock = threading.Lock()  # reads seek the shared handle
-        self.sha256 = _sha256_stream(fp)
+        self.sha256 = _sha256_stream(fp)  # the bytes hashed are the bytes read: one handle serves both
+        if expected_sha256 is not None and self.sha256 != expected_sha256.lower():
+            raise ArchiveError(
+                f"{path}: sha256 mismatch: expected {expected_sha256.lower()}, got {self.sha256}",
+                hint="the archive is not the one expected; download it again or check the expected hash",
+            )
         fp.seek(0)
         try:
             self._zip = zipfile.ZipFile(fp)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as exc:
             raise ArchiveError(f"{path} is not a zip archive ({exc})", hint="fnpack archives are zip files") from exc
-        self._entries: list[_Entry] = []
+        self._entries: list[_Entry] = []  # in archive order, folders included
         self._files: dict[str, _Entry] = {}  # file and link entries by name, in archive order
+        self._check()
 
     def __enter__(self) -> SafeArchive:
         return self
@@ -142,7 +142,7 @@ class SafeArchive:
     def read(self, name: str) -> bytes:
         return b"".join(self._stream(self._file(name)))
 
-    def manifest(self) -> dict | None:
+    def manifest(self) -> dict[str, Any] | None:
         if MANIFEST_NAME not in self._files:
             return None
         try:
@@ -186,33 +186,37 @@ class SafeArchive:
         return problems
 
     def extract_all(self, dest: Path) -> None:
-        """Unpack under dest without overwriting anything; on error, remove what was unpacked."""
+        """Unpack under dest, overwriting nothing; on any error, remove what was unpacked.
+
+        Failures of the destination (it exists, it is not a folder, the disk is full) are
+        OutputErrors, not ArchiveErrors: the archive is fine.
+        """
         dest = Path(dest)
         created: list[Path] = []
+        entry: _Entry | None = None
         try:
             for missing in reversed([p for p in (dest, *dest.parents) if not os.path.lexists(p)]):
                 missing.mkdir()
                 created.append(missing)
             if not dest.is_dir():
-                raise ArchiveError(f"cannot extract to {dest}: not a folder", hint="pick an empty or new folder")
+                raise OutputError(f"cannot extract to {dest}: not a folder", hint="extract into an empty or new folder")
             folders: set[Path] = set()
             for entry in self._entries:
-                try:
-                    self._extract(entry, dest, created, folders)
-                except FileExistsError as exc:
-                    raise ArchiveError(
-                        f"cannot extract entry {entry.name!r}: {exc.filename} already exists",
-                        hint="extract into an empty or new folder",
-                    ) from exc
-                except OSError as exc:
-                    raise ArchiveError(f"cannot extract entry {entry.name!r}: {exc}", hint="check the folder") from exc
-        except BaseException:
+                self._extract(entry, dest, created, folders)
+        except BaseException as exc:
             for path in reversed(created):
                 with contextlib.suppress(OSError):
                     if path.is_dir() and not path.is_symlink():
                         path.rmdir()
                     else:
                         path.unlink()
+            if isinstance(exc, OSError):
+                where = f"entry {entry.name!r}" if entry else str(dest)
+                if isinstance(exc, FileExistsError):
+                    problem, hint = f"{exc.filename} already exists", "extract into an empty or new folder"
+                else:
+                    problem, hint = str(exc), "check that the folder is writable and has free space"
+                raise OutputError(f"cannot extract {where}: {problem}", hint=hint) from exc
             raise
 
     def _extract(self, entry: _Entry, dest: Path, created: list[Path], folders: set[Path]) -> None:
@@ -505,8 +509,11 @@ class _ZipLZMA:
     def decompress(self, data: bytes, max_length: int) -> bytes:
         if self._lzma is None:  # the first raw chunk holds the whole header unless the entry is corrupt
             (size,) = struct.unpack_from("<H", data, 2)
-            filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, data[4 : 4 + size])]  # as zipfile does
-            self._lzma = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
+            lc_lp_pb, dict_size = struct.unpack_from("<BI", data, 4)  # the first 5 of `size` property bytes
+            lp_pb, lc = divmod(lc_lp_pb, 9)
+            pb, lp = divmod(lp_pb, 5)
+            lzma1 = {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}
+            self._lzma = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[lzma1])
             data = data[4 + size :]
         return self._lzma.decompress(data, max_length)
 
