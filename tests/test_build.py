@@ -274,3 +274,31 @@ def test_exclude_applies_to_packages_too(example):
     edit_spec(folder, exclude=["numpy/_core/_multiarray_umath*"])  # what `import numpy` needs
     result = fnpack("build", str(folder), "--out", str(folder / "dist"), "--json")
     assert result.code == 8 and "importing the archive's handler failed" in result.json()["message"]
+
+
+@pytest.mark.parametrize("target", ["knative", "openfaas"])
+def test_container_targets_share_the_container_platform(example, target):
+    result = build(example("iris"), "--target", target)
+    with zipfile.ZipFile(result["archive"]) as z:
+        manifest = json.loads(z.read("fnpack.json"))
+    assert manifest["target"] == target and manifest["platform"]["glibc"] == "2.36"
+    assert result["upload"] is None and result["smoke"]["status"] == "passed"
+
+
+def test_lambda_archive_over_50mb_goes_through_s3(example):
+    folder = example("iris")
+    (folder / "blob.bin").write_bytes(os.urandom(52 * 1024 * 1024))  # incompressible
+    edit_spec(folder, include=["blob.bin"])
+    result = build(folder, "--target", "aws-lambda")
+    assert result["zipped_size"] > 50 * 1024 * 1024 and result["upload"] == "s3"
+    assert any("through S3" in note for note in result["notes"])
+
+
+def test_lambda_hard_limit_of_250mb_unzipped(example):
+    folder = example("iris")
+    with open(folder / "weights.bin", "wb") as f:
+        f.truncate(260 * 1024 * 1024)  # zeros: tiny zipped, over the unzipped limit
+    edit_spec(folder, include=["weights.bin"])
+    result = fnpack("build", str(folder), "--target", "aws-lambda", "--out", str(folder / "dist"))
+    assert result.code == 7 and "over the limit of 250.0 MiB" in result.stderr
+    assert "weights.bin" in result.stderr and leftovers(folder) == []

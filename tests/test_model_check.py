@@ -48,3 +48,10 @@ def test_platform_tags_list_every_glibc_the_target_accepts():
     assert "manylinux_2_27_x86_64" not in tags
     arm = load_profile("aws-lambda", "python3.11", "arm64").platform_tags()
     assert arm[-1] == "manylinux2014_aarch64" and not [t for t in arm if "2_16" in t]
+
+
+def test_python_versions_that_are_not_installed_are_reported_as_missing():
+    from fnpack.build.interpreters import find_python
+
+    assert find_python("3.99") is None
+    assert find_python("3.11")

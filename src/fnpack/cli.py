@@ -19,8 +19,9 @@ from fnpack.errors import FnpackError, SpecError
 
 app = typer.Typer(help="Package ONNX model functions into deterministic archives and serve them.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: long paths and hints stay on one line when piped (no 80-column wrapping).
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 TEMPLATES = {"tabular": "iris", "image": "digits"}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
@@ -40,12 +41,12 @@ def _errors(as_json: bool) -> Iterator[None]:
         if as_json:
             out.print_json(json.dumps(exc.to_dict()))
         else:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
             report = getattr(exc, "report", None)
             if report:
                 _print_breakdown(report, err)
             if exc.hint:
-                err.print(f"[bold]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+                err.print(f"[bold]hint:[/] {exc.hint}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -81,7 +82,7 @@ def build(
               f"{result.files} files" + (f", upload: {result.upload}" if result.upload else ""), highlight=False)
     smoke = result.smoke
     out.print(f"  smoke    {smoke['samples']} sample(s) passed" if smoke["status"] == "passed" else
-              f"  smoke    [yellow]skipped[/]", highlight=False)
+              "  smoke    [yellow]skipped[/]", highlight=False)
     _print_breakdown(result.breakdown, out, top=3)
     for note in result.notes:
         out.print(f"[yellow]note:[/] {note}", highlight=False)

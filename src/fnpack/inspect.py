@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fnpack.archive import open_archive
+from fnpack.archive import MANIFEST_NAME, open_archive
 from fnpack.build.budget import SizedFile, breakdown
 
 
@@ -17,8 +17,9 @@ def inspect_archive(path: Path, expected_sha256: str | None = None) -> dict[str,
         sizes = {name: len(archive.read(name)) if name not in listed else listed[name]["size"]
                  for name in archive.names()}
         sha256 = archive.sha256
-    files = [SizedFile(name, listed.get(name, {}).get("owner", "(unlisted)"), size, 0)
-             for name, size in sizes.items()]
+    owners = {name: entry.get("owner", "(unlisted)") for name, entry in listed.items()}
+    owners[MANIFEST_NAME] = "(fnpack runtime)"
+    files = [SizedFile(name, owners.get(name, "(unlisted)"), size, 0) for name, size in sizes.items()]
     return {
         "path": str(path),
         "sha256": sha256,
