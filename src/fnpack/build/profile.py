@@ -1,0 +1,95 @@
+"""What a build targets: Python version, platform tags, pinned base packages, ONNX limits, size budget.
+
+Read from `runtimes/<runtime>/runtime.toml`, one platform section per kind of
+target: `aws-lambda`, or `container` for local, knative and openfaas.
+"""
+
+from __future__ import annotations
+
+import platform as host_platform
+import tomllib
+from dataclasses import dataclass
+from typing import Literal
+
+from fnpack._resources import data_dir
+from fnpack.errors import SpecError
+
+Target = Literal["local", "aws-lambda", "knative", "openfaas"]
+TARGETS: tuple[str, ...] = ("local", "aws-lambda", "knative", "openfaas")
+
+MB = 1024 * 1024
+# AWS documents its limits in MB of 2**20 bytes: 50 MB zipped for a direct upload, 250 MB unzipped.
+LAMBDA_DIRECT_UPLOAD = 50 * MB
+LAMBDA_UNZIPPED = 250 * MB
+CONTAINER_UNZIPPED = 1024 * MB
+
+_MACHINE = {"x86_64": "x86_64", "arm64": "aarch64"}
+
+
+@dataclass(frozen=True)
+class OnnxLimits:
+    onnxruntime: str
+    max_ir_version: int
+    max_opset: int
+    max_ml_opset: int
+
+
+@dataclass(frozen=True)
+class SizeBudget:
+    """Hard limits fail the build; `direct_upload` only changes how the archive is deployed."""
+
+    max_zipped: int | None
+    max_unzipped: int | None
+    direct_upload: int | None = None
+
+
+@dataclass(frozen=True)
+class BuildProfile:
+    target: str
+    runtime: str
+    python_version: str  # "3.11"
+    arch: str  # spec spelling: x86_64 or arm64
+    glibc: str
+    packages: tuple[str, ...]
+    onnx: OnnxLimits
+    budget: SizeBudget
+
+    @property
+    def machine(self) -> str:
+        return _MACHINE[self.arch]
+
+    @property
+    def abi(self) -> str:
+        return "cp" + self.python_version.replace(".", "")
+
+    def platform_tags(self) -> list[str]:
+        """Every manylinux tag this glibc accepts, newest first: pip matches `--platform` exactly."""
+        major, minor = (int(part) for part in self.glibc.split("."))
+        oldest = 17 if self.machine == "aarch64" else 5
+        tags = [f"manylinux_{major}_{m}_{self.machine}" for m in range(minor, oldest - 1, -1)]
+        legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+        tags += [f"{name}_{self.machine}" for m, name in legacy.items() if oldest <= m <= minor]
+        return tags
+
+    def can_run_here(self) -> str | None:
+        """None when this machine can run the archive, else the reason it cannot."""
+        if _MACHINE.get(self.arch) != host_platform.machine():
+            return f"this machine is {host_platform.machine()}, the archive is for {self.machine}"
+        return None
+
+
+def load_profile(target: str, runtime: str, arch: str) -> BuildProfile:
+    if target not in TARGETS:
+        raise SpecError(f"unknown target {target!r}", hint=f"choose one of: {', '.join(TARGETS)}")
+    path = data_dir("runtimes") / runtime / "runtime.toml"
+    if not path.is_file():
+        raise SpecError(f"runtime {runtime!r} is not supported by this fnpack",
+                        hint=f"supported: {', '.join(sorted(p.parent.name for p in data_dir('runtimes').glob('*/runtime.toml')))}")
+    config = tomllib.loads(path.read_text(encoding="utf-8"))
+    section = config["platforms"]["aws-lambda" if target == "aws-lambda" else "container"]
+    budget = (SizeBudget(max_zipped=None, max_unzipped=LAMBDA_UNZIPPED, direct_upload=LAMBDA_DIRECT_UPLOAD)
+              if target == "aws-lambda" else SizeBudget(max_zipped=None, max_unzipped=CONTAINER_UNZIPPED))
+    return BuildProfile(
+        target=target, runtime=runtime, python_version=config["python"], arch=arch, glibc=section["glibc"],
+        packages=tuple(section["packages"]), onnx=OnnxLimits(**section["onnx"]), budget=budget,
+    )
