@@ -66,23 +66,23 @@ def vendor(profile: BuildProfile, requirements: list[str], progress: Progress = 
     wheels = resolve(profile, requirements, progress)
     python = find_python(profile.python_version)
     layers = []
-    for i, wheel in enumerate(wheels, 1):
+    for i, (wheel, sha) in enumerate(wheels, 1):
         progress(f"installing {wheel.name} ({i}/{len(wheels)})")
-        layers.append(install_layer(wheel, python))
+        layers.append(install_layer(wheel, sha, python))
     return layers
 
 
-def resolve(profile: BuildProfile, requirements: list[str], progress: Progress) -> list[Path]:
-    """The wheel files for the base pins (no dependencies: onnxruntime's are model tooling) and
+def resolve(profile: BuildProfile, requirements: list[str], progress: Progress) -> list[tuple[Path, str]]:
+    """The wheel files (with their sha256) for the base pins (no dependencies: onnxruntime's are model tooling) and
     for the user's requirements with their dependencies, constrained to the base pins."""
-    key_source = json.dumps({"base": profile.packages, "requirements": sorted(requirements),
+    key_source = json.dumps({"format": 2, "base": profile.packages, "requirements": sorted(requirements),
                              "python": profile.python_version, "tags": profile.platform_tags()})
     record = cache_dir() / "resolutions" / f"{hashlib.sha256(key_source.encode()).hexdigest()[:32]}.json"
     wheel_dir = cache_dir() / "wheels"
     if record.is_file():
-        names = json.loads(record.read_text())
-        if all((wheel_dir / n).is_file() for n in names):
-            return [wheel_dir / n for n in names]
+        known = json.loads(record.read_text())
+        if all((wheel_dir / name).is_file() for name in known):
+            return [(wheel_dir / name, sha) for name, sha in sorted(known.items())]
     wheel_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=wheel_dir.parent) as tmp:
         progress("downloading the runtime's packages")
@@ -98,10 +98,11 @@ def resolve(profile: BuildProfile, requirements: list[str], progress: Progress) 
         for path in by_name.values():
             if not (wheel_dir / path.name).exists():
                 os.replace(path, wheel_dir / path.name)
-    names = sorted(p.name for p in by_name.values())
+    # Hashed once here: rebuilds read the wheels' hashes from the record instead of 40 MB of wheels.
+    known = {p.name: _sha256((wheel_dir / p.name).read_bytes()) for p in by_name.values()}
     record.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(record, json.dumps(names).encode())
-    return [wheel_dir / n for n in names]
+    _atomic_write(record, json.dumps(known, sort_keys=True).encode())
+    return [(wheel_dir / name, sha) for name, sha in sorted(known.items())]
 
 
 def _download(profile: BuildProfile, requirements: list[str], dest: Path, no_deps: bool = False,
@@ -142,10 +143,9 @@ def _dependency_error(profile: BuildProfile, requirements: list[str], output: st
     )
 
 
-def install_layer(wheel_path: Path, python: str | None) -> Layer:
+def install_layer(wheel_path: Path, wheel_sha: str, python: str | None) -> Layer:
     """Install one wheel into a cached layer: slimmed, stripped, compiled when `python` can, compressed."""
     name, version, _, _ = parse_wheel_filename(wheel_path.name)
-    wheel_sha = _sha256(wheel_path.read_bytes())
     key = hashlib.sha256(f"{wheel_sha}/{slim.RULES_VERSION}/{_bytecode_magic(python)}".encode()).hexdigest()
     base = cache_dir() / "layers" / key[:32]
     zip_path, index_path = base.with_suffix(".zip"), base.with_suffix(".json")
