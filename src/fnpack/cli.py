@@ -115,7 +115,7 @@ def init(
 ) -> None:
     """Scaffold a working function: spec, small model, features, score, sample requests."""
     from fnpack._resources import data_dir
-    from fnpack.spec import load_project, parse_spec
+    from fnpack.spec import parse_spec
 
     with _errors(False):
         if template not in TEMPLATES:
@@ -125,7 +125,7 @@ def init(
             raise SpecError(f"{target} already exists and is not empty", hint="pick another name or --dir")
         source = data_dir("examples") / TEMPLATES[template]
         spec_text = (source / "fnpack.yaml").read_text(encoding="utf-8")
-        parse_spec({**load_project(source).spec.model_dump(exclude_unset=True), "name": name})  # checks the name
+        parse_spec({"name": name, "model": "model.onnx"}, source="NAME")  # checks the name before writing
         shutil.copytree(source, target, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "dist", "*.pyc"))
         (target / "fnpack.yaml").write_text(re.sub(r"(?m)^name:.*$", f"name: {name}", spec_text, count=1),

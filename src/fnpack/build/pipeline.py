@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from fnpack.build.budget import SizedFile, breakdown, check_budget
 from fnpack.build.globs import matches
 from fnpack.build.interpreters import compile_tree, find_python
 from fnpack.build.model_check import check_model
-from fnpack.build.profile import BuildProfile, SizeBudget, load_profile
+from fnpack.build.profile import BuildProfile, load_profile
 from fnpack.build.smoke import smoke_run
 from fnpack.build.user_code import check_callable
 from fnpack.build.vendor import Layer, requirement_names, tree_entries, vendor
@@ -123,11 +123,11 @@ def _with_overrides(profile: BuildProfile, project: Project, max_size: int | Non
     if profile.target == "aws-lambda" and budget.unzipped and budget.unzipped > profile.budget.max_unzipped:
         raise SpecError(f"budget.unzipped {budget.unzipped} is over AWS Lambda's hard limit of "
                         f"{profile.budget.max_unzipped} bytes", hint="lower it or leave it out")
-    return BuildProfile(**{**profile.__dict__, "budget": SizeBudget(
+    return replace(profile, budget=replace(
+        profile.budget,
         max_zipped=max_size if max_size is not None else (budget.zipped or profile.budget.max_zipped),
         max_unzipped=budget.unzipped or profile.budget.max_unzipped,
-        direct_upload=profile.budget.direct_upload,
-    )})
+    ))
 
 
 def _umask() -> int:
