@@ -94,7 +94,9 @@ def build(path: Path | str = ".", target: str = "local", out: Path | str | None 
         upload, budget_notes = check_budget(profile.budget, zipped, unzipped, sized, spec.model)
 
         progress("writing the archive")
-        staged = Path(tempfile.mkstemp(dir=out_dir, prefix=f".{spec.name}-", suffix=".zip.partial")[1])
+        handle, staged_name = tempfile.mkstemp(dir=out_dir, prefix=f".{spec.name}-", suffix=".zip.partial")
+        os.close(handle)
+        staged = Path(staged_name)
         try:
             write_zip(staged, entries)
             sha = sha256_file(staged)
