@@ -108,6 +108,37 @@ def inspect(
 
 
 @app.command()
+def run(
+    archive: Path = typer.Argument(..., help="An archive built by fnpack."),
+    as_: str = typer.Option("http", "--as", help="http: serve it; lambda: run it under AWS's runtime client."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (http, or lambda with --port)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port [http: 8080; lambda: serve Function URL "
+                                                            "events on this port]."),
+    data: Optional[str] = typer.Option(None, "--data", help="lambda: a JSON request, sent as a direct invocation."),
+    event: Optional[Path] = typer.Option(None, "--event", help="lambda: a JSON event file, sent as is."),
+) -> None:
+    """Run an archive locally exactly as a target would: as an HTTP server, or under the Lambda runtime."""
+    if as_ not in ("http", "lambda"):
+        raise typer.BadParameter(f"{as_!r}: expected http or lambda", param_hint="--as")
+    with _errors(False):
+        if as_ == "lambda":
+            from fnpack.lambda_local import run_lambda
+
+            raise typer.Exit(run_lambda(archive, data=data, event_file=event, host=host, port=port))
+        from fnpack import worker
+        from fnpack.archive import sha256_file
+
+        if not archive.is_file():
+            from fnpack.errors import ArchiveError
+
+            raise ArchiveError(f"{archive} not found", hint="build one with `fnpack build`")
+        app_ = worker.load_app(worker.prepare(str(archive.resolve()), sha256_file(archive), worker.default_cache()))
+    err.print(f"serving {archive.name} on http://{host}:{port or 8080} (POST /invoke, /v2, /metrics)",
+              highlight=False)
+    worker.serve(app_, host, port or 8080)
+
+
+@app.command()
 def init(
     name: str = typer.Argument(..., help="Function name: a lower-case DNS label; also the new folder's name."),
     template: str = typer.Option("tabular", "--template", help="tabular (iris classifier) or image (digits)."),

@@ -83,3 +83,10 @@ class ArchiveError(FnpackError):
 
     exit_code = 10
     kind = "archive"
+
+
+class StartError(FnpackError):
+    """A function could not start serving: its handler failed to import, or it needs another Python."""
+
+    exit_code = 11
+    kind = "start"

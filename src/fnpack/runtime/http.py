@@ -1,79 +1,237 @@
-"""The function's HTTP interface as a plain ASGI app (no framework: its import time is the cold start)."""
+"""The function's HTTP interface as a plain ASGI app (no framework: its import time is the cold start).
+
+Routes: POST /invoke (JSON, one record or a list), the Open Inference
+Protocol v2 (/v2/...), GET /healthz and /_/health, GET /metrics.
+Model work runs on a thread pool (onnxruntime releases the GIL) under the
+function's timeout; the event loop only parses, routes and answers.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import uuid
+import os
+import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from fnpack.runtime import oip
+from fnpack.runtime.batching import Batcher
 from fnpack.runtime.function import Function, RequestError
+from fnpack.runtime.metrics import Metrics
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("fnpack.runtime")
 
-MAX_BODY = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+DEFAULT_MAX_BODY = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+JSON = b"application/json"
 
 
-def create_app(function: Function) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+class HTTPError(Exception):
+    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": error, "message": message, **extra}
+
+
+class Response:
+    __slots__ = ("status", "body", "content_type", "headers")
+
+    def __init__(self, status: int, body: bytes, content_type: bytes = JSON,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.status, self.body, self.content_type, self.headers = status, body, content_type, headers or []
+
+
+def json_response(status: int, data: Any) -> Response:
+    return Response(status, json.dumps(data).encode())
+
+
+def create_app(function: Function, max_body: int | None = None, threads: int | None = None) -> ASGIApp:
+    return FunctionApp(function, max_body, threads)
+
+
+class FunctionApp:
+    def __init__(self, function: Function, max_body: int | None = None, threads: int | None = None) -> None:
+        self.function = function
+        self.max_body = max_body or int(os.environ.get("FNPACK_MAX_BODY", DEFAULT_MAX_BODY))
+        self.version = os.environ.get("FNPACK_MODEL_VERSION", "1")
+        self.executor = ThreadPoolExecutor(threads or min(4, os.cpu_count() or 1), thread_name_prefix="fnpack")
+        self.metrics = Metrics(function.name)
+        self.metrics.model_load_seconds = function.load_seconds
+        batching = function.spec.get("batching")
+        self.batcher = Batcher(function, batching["max_batch_size"], batching["max_wait_ms"] / 1000,
+                               self.executor, self.metrics.batch_sizes) if batching else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
-        method, path = scope["method"], scope["path"]
-        if path == "/invoke" and method == "POST":
-            status, body = _invoke(function, await _read_body(receive))
-        elif path in ("/healthz", "/_/health") and method == "GET":
-            status, body = 200, {"status": "ok", "function": function.name}
-        else:
-            status, body = 404, {"error": "not found", "message": f"no route {method} {path}",
-                                 "expected": "POST /invoke or GET /healthz"}
-        await _send_json(send, status, body)
+        started = time.perf_counter()
+        route, handler = self._route(scope["method"], scope["path"])
+        error = None
+        try:
+            response = await handler(scope, receive)
+        except HTTPError as exc:
+            response, error = json_response(exc.status, exc.body), exc.body["error"]
+        except RequestError as exc:
+            response, error = json_response(422, {"error": "unprocessable", "message": str(exc)}), "unprocessable"
+        except asyncio.TimeoutError:
+            error = "timeout"
+            response = json_response(504, {"error": error, "message":
+                                           f"the request took longer than the function's timeout of "
+                                           f"{self.function.timeout:g} s (resources.timeout)"})
+        except Exception as exc:  # user code crashed: answer 500, keep serving
+            request_id = os.urandom(8).hex()
+            log.exception("request %s failed", request_id)
+            error = "function_error"
+            response = json_response(500, {"error": error, "type": type(exc).__name__, "message": str(exc),
+                                           "request_id": request_id})
+        await _send(send, response)
+        if route != "/metrics":
+            self.metrics.record(route, response.status, time.perf_counter() - started, error)
 
-    return app
+    def _route(self, method: str, path: str) -> tuple[str, Callable[[Scope, Receive], Awaitable[Response]]]:
+        if path == "/invoke":
+            return path, self._only("POST", self.invoke, method)
+        if path in ("/healthz", "/_/health"):
+            return path, self._only("GET", self.health, method)
+        if path == "/metrics":
+            return path, self._only("GET", self.prometheus, method)
+        if path == "/v2" or path.startswith("/v2/"):
+            return self._route_v2(method, path)
+        return "other", self.not_found
+
+    def _route_v2(self, method: str, path: str) -> tuple[str, Callable[[Scope, Receive], Awaitable[Response]]]:
+        parts = path.rstrip("/").split("/")[2:]  # after "", "v2"
+        if not parts:
+            return "/v2", self._only("GET", self.server_metadata, method)
+        if parts[0] == "health" and len(parts) == 2 and parts[1] in ("live", "ready"):
+            return f"/v2/health/{parts[1]}", self._only("GET", self.health, method)
+        if parts[0] != "models" or len(parts) < 2:
+            return "other", self.not_found
+        name, rest = parts[1], parts[2:]
+        version = None
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            version, rest = rest[1], rest[2:]
+        if name != self.function.name or (version is not None and version != self.version):
+            return "other", lambda *_: self._unknown_model(name, version)
+        if not rest:
+            return "/v2/models/{name}", self._only("GET", self.model_metadata, method)
+        if rest == ["ready"]:
+            return "/v2/models/{name}/ready", self._only("GET", self.health, method)
+        if rest == ["infer"]:
+            return "/v2/models/{name}/infer", self._only("POST", self.infer, method)
+        return "other", self.not_found
+
+    def _only(self, allowed: str, handler: Callable[[Scope, Receive], Awaitable[Response]],
+              method: str) -> Callable[[Scope, Receive], Awaitable[Response]]:
+        if method == allowed or (allowed == "GET" and method == "HEAD"):
+            return handler
+
+        async def not_allowed(scope: Scope, receive: Receive) -> Response:
+            raise HTTPError(405, "method_not_allowed", f"{method} is not allowed here; use {allowed}")
+
+        return not_allowed
+
+    async def not_found(self, scope: Scope, receive: Receive) -> Response:
+        raise HTTPError(404, "not_found", f"no route {scope['method']} {scope['path']}",
+                        expected="POST /invoke, GET /healthz, GET /metrics or the /v2 inference protocol")
+
+    async def _unknown_model(self, name: str, version: str | None) -> Response:
+        wanted = f"{name}" + (f" version {version}" if version else "")
+        raise HTTPError(404, "model_not_found", f"no model {wanted}; this server serves "
+                                               f"{self.function.name} version {self.version}")
+
+    async def health(self, scope: Scope, receive: Receive) -> Response:
+        # The model loads before the server accepts connections: serving means ready.
+        return json_response(200, {"status": "ok", "function": self.function.name})
+
+    async def prometheus(self, scope: Scope, receive: Receive) -> Response:
+        return Response(200, self.metrics.render().encode(), b"text/plain; version=0.0.4")
+
+    async def invoke(self, scope: Scope, receive: Receive) -> Response:
+        body = await self._body(receive)
+        try:
+            request = json.loads(body)
+        except ValueError as exc:
+            raise HTTPError(400, "bad_request", f"the body is not JSON: {exc}",
+                            expected="a JSON record, or a JSON array of records") from None
+        if isinstance(request, list):
+            results = await self._timed(self._in_thread(self.function.call_many, request))
+            for i, result in enumerate(results):
+                if isinstance(result, Exception):
+                    raise _record_error(i, result)
+            return json_response(200, results)
+        if self.batcher:
+            return json_response(200, await self._timed(self.batcher.submit(request)))
+        return json_response(200, await self._timed(self._in_thread(self.function, request)))
+
+    async def infer(self, scope: Scope, receive: Receive) -> Response:
+        body = await self._body(receive)
+        header_length = _header(scope, b"inference-header-content-length")
+        try:
+            length = int(header_length) if header_length is not None else None
+        except ValueError:
+            raise HTTPError(400, "bad_request", "Inference-Header-Content-Length is not an integer") from None
+        request = oip.decode_request(body, length, self.function.inputs)
+        outputs = await self._timed(self._in_thread(self.function.run, request.inputs))
+        payload, headers = oip.encode_response(self.function.name, self.version, request, outputs,
+                                               self.function.outputs)
+        content_type = b"application/octet-stream" if headers else JSON
+        return Response(200, payload, content_type, headers)
+
+    async def model_metadata(self, scope: Scope, receive: Receive) -> Response:
+        return json_response(200, oip.model_metadata(
+            self.function.name, [self.version], "onnxruntime_onnx",
+            list(self.function.inputs.values()), list(self.function.outputs.values())))
+
+    async def server_metadata(self, scope: Scope, receive: Receive) -> Response:
+        return json_response(200, oip.server_metadata(["binary_tensor_data"]))
+
+    async def _body(self, receive: Receive) -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise HTTPError(413, "payload_too_large", f"the body is over the limit of {self.max_body} bytes",
+                                hint="send fewer records per request, or raise FNPACK_MAX_BODY")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    def _in_thread(self, fn: Callable[[Any], Any], arg: Any) -> Awaitable[Any]:
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, arg)
+
+    async def _timed(self, work: Awaitable[Any]) -> Any:
+        return await asyncio.wait_for(work, self.function.timeout)
 
 
-def _invoke(function: Function, raw: bytes | None) -> tuple[int, Any]:
-    if raw is None:
-        return 413, {"error": "payload too large", "message": f"the body is over {MAX_BODY} bytes"}
-    try:
-        request = json.loads(raw)
-    except ValueError as exc:
-        return 400, {"error": "bad request", "message": f"the body is not JSON: {exc}",
-                     "expected": "a JSON request body"}
-    try:
-        return 200, function(request)
-    except RequestError as exc:
-        return 422, {"error": "unprocessable", "message": str(exc)}
-    except Exception as exc:  # user code crashed: answer 500, keep serving
-        request_id = uuid.uuid4().hex
-        log.exception("request %s failed", request_id)
-        return 500, {"error": "function error", "type": type(exc).__name__, "message": str(exc),
-                     "request_id": request_id}
+def _record_error(index: int, exc: Exception) -> Exception:
+    if isinstance(exc, RequestError):
+        return HTTPError(422, "unprocessable", f"record {index}: {exc}", index=index)
+    log.error("record %d failed", index, exc_info=exc)
+    return exc
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
 
 
-async def _send_json(send: Send, status: int, body: Any) -> None:
-    payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})
+async def _send(send: Send, response: Response) -> None:
+    await send({"type": "http.response.start", "status": response.status,
+                "headers": [(b"content-type", response.content_type),
+                            (b"content-length", str(len(response.body)).encode()), *response.headers]})
+    await send({"type": "http.response.body", "body": response.body})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

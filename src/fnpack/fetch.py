@@ -1,0 +1,216 @@
+"""Fetch an archive by URI into a content-addressed cache, then unpack it once, safely.
+
+`fetch_archive` streams file://, plain-path, http(s):// and s3:// sources to a temp file
+in the cache folder, hashes the bytes as they arrive and renames the file to
+`<sha256>.zip` only when the hash is the expected one: the cache never holds a
+partial or wrong archive, and a cached archive is never fetched again.
+`unpack_archive` unpacks with the safe reader into `<dest_root>/<sha256>/`, again
+through a temp folder and a rename, so the folder exists only once complete and verified.
+
+httpx and boto3 are imported only by the branch that needs them: the server's cold
+start pays for neither when it serves a local archive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Generator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+from urllib.request import url2pathname
+
+from .archive import open_archive, sha256_file
+from .errors import ArchiveError, OutputError
+
+_CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# TODO: a dedicated FetchError (exit code of its own) is pending; ArchiveError meanwhile.
+_FETCH_HINT = "check the URI, that the source is reachable and, for s3://, the AWS credentials and endpoint"
+
+
+def fetch_archive(uri: str, sha256: str, cache_dir: Path, timeout: float = 60) -> Path:
+    """Return `cache_dir/<sha256>.zip`, downloading it from `uri` unless a correct copy is cached.
+
+    `uri` is file:///abs/path, a plain path, http(s)://... or s3://bucket/key. `timeout` bounds
+    each connect and each read, not the whole download (a large archive may take longer).
+    Raises ArchiveError when the source cannot be read or its bytes have another sha256,
+    OutputError when the cache folder cannot be written; nothing is left behind either way.
+    """
+    expected = _check_sha256(sha256)
+    cache_dir = Path(cache_dir)
+    target = cache_dir / f"{expected}.zip"
+    if target.is_file():
+        if sha256_file(target) == expected:
+            return target
+        target.unlink(missing_ok=True)  # damaged on disk (or by hand): fetch it again
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{expected}.", suffix=".part")
+    except OSError as exc:
+        raise OutputError(f"cannot write to the cache folder {cache_dir}: {exc}",
+                          hint="check that the folder is writable") from exc
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        # closing(): release the HTTP connection / S3 stream at once if writing fails midway.
+        with os.fdopen(fd, "wb") as out, contextlib.closing(_read(uri, timeout)) as chunks:
+            for chunk in chunks:
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())  # the rename must not publish a file whose bytes are still in flight
+        actual = digest.hexdigest()
+        if actual != expected:
+            raise ArchiveError(
+                f"{_display(uri)}: sha256 mismatch: expected {expected}, got {actual}",
+                hint="the archive at that URI is not the one expected; check the URI and the expected hash",
+            )
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
+        os.replace(tmp, target)  # atomic: concurrent fetchers of the same hash write the same bytes
+    except OSError as exc:  # source errors arrive as ArchiveError; a bare OSError is the cache's
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {target}: {exc}",
+                          hint="check that the folder is writable and has free space") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def unpack_archive(archive: Path, sha256: str, dest_root: Path) -> Path:
+    """Unpack `archive` into `dest_root/<sha256>/` and return that folder; reuse it if it exists.
+
+    The archive must have the given sha256 and match its manifest (`verify()` returns []);
+    otherwise ArchiveError, and nothing is left under dest_root.
+    """
+    expected = _check_sha256(sha256)
+    dest_root = Path(dest_root)
+    dest = dest_root / expected
+    if dest.is_dir():  # only a complete, verified unpack is ever renamed to this name
+        return dest
+    try:
+        dest_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest_root, prefix=f".{expected}.", suffix=".part"))
+    except OSError as exc:
+        raise OutputError(f"cannot write to {dest_root}: {exc}", hint="check that the folder is writable") from exc
+    try:
+        with open_archive(archive, expected_sha256=expected) as arc:
+            problems = arc.verify()  # before extracting: a tampered archive never reaches the disk
+            if problems:
+                raise ArchiveError(
+                    f"{archive} does not match its manifest: " + "; ".join(problems),
+                    hint="the archive is damaged or tampered with; rebuild it or download it again",
+                )
+            arc.extract_all(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not dest.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent unpack of the same hash won the race
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot unpack into {dest}: {exc}",
+                          hint="check that the folder is writable and has free space") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _check_sha256(sha256: str) -> str:
+    """The hash in lowercase; it becomes a file name, so anything but 64 hex digits is refused."""
+    value = sha256.strip().lower()
+    if not _SHA256.fullmatch(value):
+        raise ArchiveError(f"{sha256!r} is not a sha256 digest", hint="expected 64 hexadecimal digits")
+    return value
+
+
+def _display(uri: str) -> str:
+    """The URI for messages and logs: without a password or query (presigned URLs carry signatures there)."""
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else netloc
+    return urlunsplit((parts.scheme, netloc, parts.path, "..." if parts.query else "", ""))
+
+
+def _fail(uri: str, reason: str) -> ArchiveError:
+    return ArchiveError(f"cannot fetch {_display(uri)}: {reason}", hint=_FETCH_HINT)
+
+
+def _read(uri: str, timeout: float) -> Generator[bytes, None, None]:
+    """The source's bytes in chunks; every failure of the source is raised as ArchiveError."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("", "file"):
+        return _read_file(uri)
+    if scheme in ("http", "https"):
+        return _read_http(uri, timeout)
+    if scheme == "s3":
+        return _read_s3(uri, timeout)
+    raise _fail(uri, f"unsupported scheme {scheme!r}; expected file://, http://, https://, s3:// or a path")
+
+
+def _read_file(uri: str) -> Generator[bytes, None, None]:
+    if "://" in uri:
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise _fail(uri, f"file:// URIs must name a local absolute path, not the host {parts.netloc!r}")
+        path = Path(url2pathname(parts.path))
+    else:
+        path = Path(uri)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                yield chunk
+    except OSError as exc:
+        raise _fail(uri, exc.strerror or str(exc)) from exc
+
+
+def _read_http(uri: str, timeout: float) -> Generator[bytes, None, None]:
+    import httpx
+
+    try:
+        with httpx.stream("GET", uri, timeout=timeout, follow_redirects=True) as response:
+            if not response.is_success:
+                raise _fail(uri, f"HTTP {response.status_code} {response.reason_phrase}".rstrip())
+            yield from response.iter_bytes(_CHUNK)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _fail(uri, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+
+
+def _read_s3(uri: str, timeout: float) -> Generator[bytes, None, None]:
+    # Split by hand: urlsplit would cut a key at '?' or '#', which S3 keys may contain.
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    if not bucket or not key:
+        raise _fail(uri, "expected s3://bucket/key")
+    try:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError as exc:
+        raise _fail(uri, "boto3 is not installed") from exc
+    try:
+        # A fresh session, not boto3's default one: that one caches credentials from its first use and
+        # is not thread-safe. No endpoint_url: botocore reads AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL itself.
+        client = boto3.session.Session().client("s3", config=Config(connect_timeout=timeout, read_timeout=timeout))
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        try:
+            yield from body.iter_chunks(_CHUNK)
+        finally:
+            body.close()
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "error"), error.get("Message", "")
+        raise _fail(uri, f"{code} ({message})" if message else code) from exc
+    except (BotoCoreError, OSError) as exc:
+        raise _fail(uri, f"{type(exc).__name__}: {exc}") from exc

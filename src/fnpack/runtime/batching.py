@@ -1,0 +1,71 @@
+"""Adaptive batching: records that arrive while the model is busy share its next call.
+
+A record that finds the model idle runs at once (no added latency); records
+that arrive during a call queue and go together when it ends, up to
+`max_batch_size`. If the queue has waited `max_wait` while every runner is
+busy, a second runner takes it, so no record waits on a long call for longer
+than the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from typing import Any
+
+from fnpack.runtime.function import Function
+from fnpack.runtime.metrics import Histogram
+
+RUNNERS = 2
+
+
+class Batcher:
+    def __init__(self, function: Function, max_batch_size: int, max_wait: float, executor: Executor,
+                 batch_sizes: Histogram) -> None:
+        self.function = function
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait
+        self.executor = executor
+        self.batch_sizes = batch_sizes
+        self.pending: list[tuple[Any, asyncio.Future[Any]]] = []
+        self.running = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def submit(self, record: Any) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending.append((record, future))
+        if self.running == 0 or len(self.pending) >= self.max_batch_size:
+            self._flush(force=self.running == 0)
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.max_wait, self._on_wait)
+        return await future
+
+    def _on_wait(self) -> None:
+        self.timer = None
+        self._flush(force=True)
+
+    def _flush(self, force: bool = False) -> None:
+        if not self.pending or self.running >= RUNNERS or (self.running and not force and
+                                                           len(self.pending) < self.max_batch_size):
+            return
+        batch, self.pending = self.pending[:self.max_batch_size], self.pending[self.max_batch_size:]
+        if self.timer is not None and not self.pending:
+            self.timer.cancel()
+            self.timer = None
+        self.running += 1
+        self.batch_sizes.observe(len(batch))
+        task = asyncio.get_running_loop().run_in_executor(
+            self.executor, self.function.call_many, [record for record, _ in batch])
+        task.add_done_callback(lambda done: self._deliver(batch, done))
+
+    def _deliver(self, batch: list[tuple[Any, asyncio.Future[Any]]], done: asyncio.Future[list[Any]]) -> None:
+        self.running -= 1
+        results = done.result() if done.exception() is None else [done.exception()] * len(batch)
+        for (_, future), result in zip(batch, results):
+            if future.done():  # its request timed out and stopped waiting
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        self._flush(force=True)  # what queued during this call goes now
