@@ -226,3 +226,14 @@ def test_fnpack_run_as_http(archives):
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_the_archives_own_runtime_serves_it(archives, tmp_path):
+    from fnpack import worker
+
+    root = worker.prepare(archives["plain"]["archive"], archives["plain"]["sha256"], tmp_path)
+    probe = ("import sys; from pathlib import Path; from fnpack import worker; worker.load_app(Path(sys.argv[1])); "
+             "print(sys.modules['fnpack.runtime.http'].__file__); print(sys.modules['numpy'].__file__)")
+    done = subprocess.run([sys.executable, "-c", probe, str(root)], capture_output=True, text=True, timeout=60)
+    runtime_file, numpy_file = done.stdout.split()
+    assert runtime_file.startswith(str(root)) and numpy_file.startswith(str(root)), done.stdout

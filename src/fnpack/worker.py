@@ -42,6 +42,11 @@ def load_app(root: Path) -> Any:
                          hint=f"run it with python{manifest['python']}, or rebuild with runtime: python{running}")
     module_name, _, attr = manifest["handlers"]["asgi"].partition(":")
     sys.path.insert(0, str(root))
+    # `fnpack` is imported already (this module is in it), so its subpackages would come from the
+    # installed fnpack: put the archive's copy first so that the runtime it was built with serves it.
+    import fnpack
+
+    fnpack.__path__.insert(0, str(root / "fnpack"))
     try:
         return getattr(importlib.import_module(module_name), attr)
     except Exception as exc:
