@@ -237,3 +237,36 @@ def test_the_archives_own_runtime_serves_it(archives, tmp_path):
     done = subprocess.run([sys.executable, "-c", probe, str(root)], capture_output=True, text=True, timeout=60)
     runtime_file, numpy_file = done.stdout.split()
     assert runtime_file.startswith(str(root)) and numpy_file.startswith(str(root)), done.stdout
+
+
+def test_identity_function_with_several_inputs_and_outputs(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    nodes = [helper.make_node("Cast", ["b"], ["b_float"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["a", "b_float"], ["product"]),
+             helper.make_node("ReduceSum", ["a"], ["total"], keepdims=0)]
+    graph = helper.make_graph(nodes, "pair",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, 2]),
+                               helper.make_tensor_value_info("b", TensorProto.INT64, [None, 1])],
+                              [helper.make_tensor_value_info("product", TensorProto.FLOAT, [None, 2]),
+                               helper.make_tensor_value_info("total", TensorProto.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, folder / "model.onnx")
+    (folder / "fnpack.yaml").write_text(yaml.safe_dump({
+        "name": "pair", "model": "model.onnx",
+        "samples": [{"data": {"a": [[1, 2]], "b": [[3]]}, "expect": {"product": [[3.0, 6.0]], "total": 3.0}}]}))
+    built = build_archive(folder)
+    with worker(built["archive"], built["sha256"], tmp_path / "cache") as url:
+        answer = httpx.post(f"{url}/invoke", json={"a": [[1, 2], [3, 4]], "b": [[2], [10]]}).json()
+        assert answer == {"product": [[2.0, 4.0], [30.0, 40.0]], "total": 10.0}
+        wrong_type = httpx.post(f"{url}/invoke", json={"a": [[1, 2]], "b": [["x"]]})
+        assert wrong_type.status_code == 422 and "input 'b'" in wrong_type.json()["message"]
+        body = {"inputs": [{"name": "a", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]},
+                           {"name": "b", "datatype": "INT64", "shape": [1, 1], "data": [5]}],
+                "outputs": [{"name": "product"}]}
+        result = httpx.post(f"{url}/v2/models/pair/infer", json=body).json()
+        assert [o["name"] for o in result["outputs"]] == ["product"] and result["outputs"][0]["data"] == [5.0, 10.0]
