@@ -11,6 +11,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,7 +52,7 @@ def handler(event, context):
             "arn": context.invoked_function_arn,
             "request_id": context.aws_request_id,
             "remaining_ms": context.get_remaining_time_in_millis(),
-            "task_root_writable": os.access(os.environ["LAMBDA_TASK_ROOT"], os.W_OK),
+            "task_root_mode": os.stat(os.environ["LAMBDA_TASK_ROOT"]).st_mode & 0o777,
         }
     if action == "sleep":
         time.sleep(event["seconds"])
@@ -69,8 +70,8 @@ def rewrite_zip(source: Path, dest: Path, replace: dict[str, bytes | None]) -> P
         for info in src.infolist():
             if info.filename not in replace:
                 out.writestr(info, src.read(info))
-            elif replace[info.filename] is not None:
-                out.writestr(info, replace[info.filename])
+            elif (data := replace[info.filename]) is not None:
+                out.writestr(info, data)
         for name, data in replace.items():
             if data is not None and name not in src.namelist():
                 out.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
@@ -115,7 +116,7 @@ def probe(lambda_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield local
 
 
-def url_body(result: InvokeResult) -> tuple[int, object]:
+def url_body(result: InvokeResult) -> tuple[int, Any]:
     assert result.status == "ok", result
     status, _, body = url_response(result)
     return status, json.loads(body)
@@ -191,7 +192,7 @@ def test_the_function_sees_only_the_archive_and_awslambdaric(probe: LocalLambda)
     assert info["arn"] == "arn:aws:lambda:us-east-1:000000000000:function:iris"
     assert info["request_id"] == result.request_id
     assert 0 < info["remaining_ms"] <= WAIT * 1000
-    assert info["task_root_writable"] is False  # read-only, as /var/task
+    assert info["task_root_mode"] & 0o222 == 0  # read-only, as /var/task (root may still write)
 
     assert probe.invoke(SETOSA, timeout=WAIT).payload["label"] == "setosa"  # the real handler behind the probe
 
@@ -250,7 +251,8 @@ def test_a_local_archive_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_archive_for_another_python_is_refused(lambda_archive: Path, tmp_path: Path) -> None:
-    archive = rewrite_zip(lambda_archive, tmp_path / "py399.zip", {"fnpack.json": edit_manifest(lambda_archive, python="3.99")})
+    manifest = edit_manifest(lambda_archive, python="3.99")
+    archive = rewrite_zip(lambda_archive, tmp_path / "py399.zip", {"fnpack.json": manifest})
     local = LocalLambda(archive)
     with pytest.raises(ArchiveError, match=r"built for Python 3\.99"):
         local.start()
@@ -329,3 +331,14 @@ def test_run_lambda_for_the_cli(lambda_archive: Path, tmp_path: Path, capsys: py
         run_lambda(lambda_archive)
     with pytest.raises(UsageError, match="--data is not JSON"):
         run_lambda(lambda_archive, data="{")
+
+
+def test_fnpack_run_as_lambda_through_the_cli(lambda_archive):
+    from conftest import fnpack
+
+    record = {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5}
+    result = fnpack("run", str(lambda_archive), "--as", "lambda", "--data", json.dumps(record))
+    assert result.code == 0, result.stderr
+    assert result.json()["label"] == "virginica"
+    bad = fnpack("run", str(lambda_archive), "--as", "lambda", "--data", "{not json")
+    assert bad.code == 2 and "JSON" in bad.stderr

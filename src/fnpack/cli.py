@@ -111,7 +111,7 @@ def inspect(
 def run(
     archive: Path = typer.Argument(..., help="An archive built by fnpack."),
     as_: str = typer.Option("http", "--as", help="http: serve it; lambda: run it under AWS's runtime client."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (http, or lambda with --port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (http; lambda serves on loopback)."),
     port: Optional[int] = typer.Option(None, "--port", help="Port [http: 8080; lambda: serve Function URL "
                                                             "events on this port]."),
     data: Optional[str] = typer.Option(None, "--data", help="lambda: a JSON request, sent as a direct invocation."),
@@ -124,7 +124,7 @@ def run(
         if as_ == "lambda":
             from fnpack.lambda_local import run_lambda
 
-            raise typer.Exit(run_lambda(archive, data=data, event_file=event, host=host, port=port))
+            raise typer.Exit(run_lambda(archive, data=data, event_file=event, port=port))
         from fnpack import worker
         from fnpack.archive import sha256_file
 

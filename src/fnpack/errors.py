@@ -22,6 +22,13 @@ class FnpackError(Exception):
         return {"error": self.kind, "message": self.message, "hint": self.hint, "exit_code": self.exit_code}
 
 
+class UsageError(FnpackError):
+    """Bad command-line input: wrong combination of options, an argument that is not JSON."""
+
+    exit_code = 2
+    kind = "usage"
+
+
 class SpecError(FnpackError):
     """fnpack.yaml is missing, malformed or invalid."""
 

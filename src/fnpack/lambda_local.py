@@ -30,16 +30,16 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Self
 from urllib.parse import parse_qsl
 
 from .archive import open_archive
-from .errors import ArchiveError, DependencyError, FnpackError
+from .errors import ArchiveError, DependencyError, UsageError
 
 MAX_PAYLOAD = 6 * 1024 * 1024  # Lambda's limit for synchronous requests and responses
 INIT_TIMEOUT = 10.0  # Lambda's limit for the init phase of an on-demand function
@@ -51,13 +51,6 @@ _MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64":
 _LOG_LINES = 10_000  # logs kept in memory; a long `serve_http` must not grow without bound
 
 Status = Literal["ok", "error", "init_error"]
-
-
-class UsageError(FnpackError):
-    """Bad command-line input (exit code 2, as for any bad usage)."""
-
-    exit_code = 2
-    kind = "usage"
 
 
 @dataclass(frozen=True)
@@ -309,7 +302,7 @@ class _RuntimeAPIHandler(BaseHTTPRequestHandler):
         if kind == "response" and len(body) > MAX_PAYLOAD:
             runtime.finish(request_id, "error", _lambda_error(
                 "Function.ResponseSizeTooLarge",
-                f"Response payload size ({len(body)} bytes) exceeded maximum allowed payload size ({MAX_PAYLOAD} bytes)."))
+                f"Response payload size ({len(body)} bytes) exceeded the maximum allowed ({MAX_PAYLOAD} bytes)."))
             return self._answer(413, _lambda_error("RequestEntityTooLarge", "response payload too large"))
         payload = _json_or_text(body)
         if not runtime.finish(request_id, "ok" if kind == "response" else "error", payload):
@@ -368,7 +361,7 @@ class LocalLambda:
         """The function's timeout from its spec, the default for `invoke`."""
         return float(self.manifest.get("spec", {}).get("resources", {}).get("timeout") or 3.0)
 
-    def __enter__(self) -> LocalLambda:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -480,11 +473,12 @@ class LocalLambda:
 def _check_manifest(path: Path, manifest: dict[str, Any] | None) -> dict[str, Any]:
     """Refuse, before unpacking, what Lambda (or this machine) could not run."""
     if manifest is None:
-        raise ArchiveError(f"{path} has no fnpack.json", hint="run an archive built by `fnpack build --target aws-lambda`")
+        raise ArchiveError(f"{path} has no fnpack.json",
+                           hint="run an archive built by `fnpack build --target aws-lambda`")
     target = manifest.get("target")
     if target != "aws-lambda":
         raise ArchiveError(f"{path} was built for the target {target!r}, not 'aws-lambda'",
-                           hint=f"rebuild it with `fnpack build --target aws-lambda`")
+                           hint="rebuild it with `fnpack build --target aws-lambda`")
     handler = manifest.get("handlers", {}).get("lambda")
     if not isinstance(handler, str) or "." not in handler:
         raise ArchiveError(f"{path}: fnpack.json names no Lambda handler (handlers.lambda)",
@@ -689,7 +683,11 @@ def serve_http(local: LocalLambda, host: str = "127.0.0.1", port: int = 0, *,
         server.server_close()
         raise
     # serve_forever() has no stop flag of its own: a watcher turns `stop` into shutdown().
-    watcher = threading.Thread(target=lambda: (stop.wait(), server.shutdown()), name="lambda-http-stop", daemon=True)
+    def watch() -> None:
+        stop.wait()
+        server.shutdown()
+
+    watcher = threading.Thread(target=watch, name="lambda-http-stop", daemon=True)
     watcher.start()
     try:
         server.serve_forever(poll_interval=0.2)
@@ -713,8 +711,9 @@ def run_lambda(archive: Path, data: str | None = None, event_file: Path | None =
     """
     given = [name for name, value in (("--data", data), ("--event", event_file), ("--port", port)) if value is not None]
     if len(given) != 1:
-        raise UsageError("give exactly one of --data, --event or --port" + (f" (got {', '.join(given)})" if given else ""),
-                         hint="--data '{\"x\": 1}' invokes once; --event FILE sends a Lambda event; --port N serves HTTP")
+        got = f" (got {', '.join(given)})" if given else ""
+        raise UsageError(f"give exactly one of --data, --event or --port{got}",
+                         hint="--data JSON invokes once, --event FILE sends a Lambda event, --port N serves HTTP")
     event: Any = None
     if data is not None:
         event = _parse_json(data, "--data")
@@ -725,7 +724,7 @@ def run_lambda(archive: Path, data: str | None = None, event_file: Path | None =
             raise UsageError(f"cannot read the event file {event_file}: {exc}", hint="check the path") from exc
         event = _parse_json(text, f"the event file {event_file}")
 
-    with LocalLambda(archive, log_stream=sys.stderr) as local:
+    with _exit_on_sigterm(), LocalLambda(archive, log_stream=sys.stderr) as local:
         if port is not None:
             if not local.wait_ready():
                 error = local.init_error or {}
@@ -742,6 +741,23 @@ def run_lambda(archive: Path, data: str | None = None, event_file: Path | None =
     where = "init error" if result.status == "init_error" else "function error"
     print(f"error: {where}: {result.error_type}: {result.error_message}", file=sys.stderr)
     return 1
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """SIGTERM ends Python without cleanup: make it a SystemExit, so the runtime and its task root go too."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parse_json(text: str, what: str) -> Any:
