@@ -60,7 +60,9 @@ class FunctionApp:
         self.function = function
         self.max_body = max_body or int(os.environ.get("FNPACK_MAX_BODY", DEFAULT_MAX_BODY))
         self.version = os.environ.get("FNPACK_MODEL_VERSION", "1")
-        self.executor = ThreadPoolExecutor(threads or min(4, os.cpu_count() or 1), thread_name_prefix="fnpack")
+        # Sized by the CPUs this process may use (taskset, cgroups), not by the machine's count.
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.executor = ThreadPoolExecutor(threads or min(4, cpus), thread_name_prefix="fnpack")
         self.metrics = Metrics(function.name)
         self.metrics.model_load_seconds = function.load_seconds
         batching = function.spec.get("batching")
@@ -210,7 +212,9 @@ class FunctionApp:
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, arg)
 
     async def _timed(self, work: Awaitable[Any]) -> Any:
-        return await asyncio.wait_for(work, self.function.timeout)
+        # asyncio.timeout arms one timer; wait_for would also wrap the work in a task per request.
+        async with asyncio.timeout(self.function.timeout):
+            return await work
 
 
 def _record_error(index: int, exc: Exception) -> Exception:
