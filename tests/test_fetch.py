@@ -387,3 +387,27 @@ def test_fetch_s3_unreachable_endpoint(s3: tuple[str, str], tmp_path: Path, monk
 def test_fetch_s3_malformed(uri: str, tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="expected s3://bucket/key"):
         fetch_archive(uri, "a" * 64, tmp_path / "cache")
+
+
+def test_worker_serves_an_archive_from_s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    """The container entrypoint end to end: a built archive in S3 (moto), fetched, verified, served."""
+    import boto3
+
+    from conftest import EXAMPLES, fnpack
+    from servers import worker
+
+    shutil.copytree(EXAMPLES / "iris", tmp_path / "iris")
+    built = fnpack("build", str(tmp_path / "iris"), "--target", "knative", "--json")
+    assert built.code == 0, built.stdout + built.stderr
+    archive, sha = built.json()["archive"], built.json()["sha256"]
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": moto_endpoint}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="models")
+    client.upload_file(archive, "models", f"iris/{sha}.zip")
+    with worker(f"s3://models/iris/{sha}.zip", sha, tmp_path / "cache", env=env) as url:
+        record = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+        assert httpx.post(f"{url}/invoke", json=record, trust_env=False).json()["label"] == "setosa"

@@ -1,8 +1,9 @@
 """Adaptive batching: records that arrive while the model is busy share its next call.
 
-A record that finds the model idle runs at once (no added latency); records
-that arrive during a call queue and go together when it ends, up to
-`max_batch_size`. If the queue has waited `max_wait` while every runner is
+A record that finds the model idle runs at the end of the current event-loop
+iteration (with whatever else arrived in it: a lone request waits for no
+timer); records that arrive during a call queue and go together when it ends,
+up to `max_batch_size`. If the queue has waited `max_wait` while every runner is
 busy, a second runner takes it, so no record waits on a long call for longer
 than the wait.
 """
@@ -34,9 +35,11 @@ class Batcher:
     async def submit(self, record: Any) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending.append((record, future))
-        if self.running == 0 or len(self.pending) >= self.max_batch_size:
-            self._flush(force=self.running == 0)
-        elif self.timer is None:
+        if self.running == 0 and len(self.pending) == 1:
+            asyncio.get_running_loop().call_soon(self._flush, True)
+        elif len(self.pending) >= self.max_batch_size:
+            self._flush()
+        elif self.running and self.timer is None:
             self.timer = asyncio.get_running_loop().call_later(self.max_wait, self._on_wait)
         return await future
 
