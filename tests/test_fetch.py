@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import pytest
 
 from fnpack.errors import ArchiveError
 from fnpack.fetch import fetch_archive, unpack_archive
+from servers import free_port
 
 FILES = {"a.txt": b"hello fnpack\n", "model/b.bin": bytes(range(256)) * 8}
 BUCKET = "fnpack-test"
@@ -38,12 +38,6 @@ def make_archive(path: Path, files: dict[str, bytes] = FILES, lie_about: str | N
         for name, data in files.items():
             zf.writestr(name, data)
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def dead_url() -> str:
