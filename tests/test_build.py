@@ -302,3 +302,19 @@ def test_lambda_hard_limit_of_250mb_unzipped(example):
     result = fnpack("build", str(folder), "--target", "aws-lambda", "--out", str(folder / "dist"))
     assert result.code == 7 and "over the limit of 250.0 MiB" in result.stderr
     assert "weights.bin" in result.stderr and leftovers(folder) == []
+
+
+def test_runtime_without_a_local_interpreter_says_what_it_could_not_check(example):
+    from fnpack.build.interpreters import find_python
+
+    if find_python("3.12"):
+        pytest.skip("python3.12 is installed here: the build can check everything")
+    folder = example("iris")
+    edit_spec(folder, runtime="python3.12")
+    result = build(folder, "--target", "aws-lambda")
+    assert result["smoke"]["status"] == "skipped"
+    assert any("python3.12 is not installed here" in n and "untested" in n for n in result["notes"])
+    assert any("no bytecode precompiled" in n for n in result["notes"])
+    with zipfile.ZipFile(result["archive"]) as z:
+        names = z.namelist()
+    assert not [n for n in names if n.endswith(".pyc")] and [n for n in names if "cpython-312" in n]

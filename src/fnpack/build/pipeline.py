@@ -80,6 +80,9 @@ def build(path: Path | str = ".", target: str = "local", out: Path | str | None 
     progress("vendoring packages")
     layers = vendor(profile, spec.requirements, progress)
     notes = _training_stack_notes(layers, spec.requirements)
+    if find_python(profile.python_version) is None:
+        notes.append(f"no bytecode precompiled: python{profile.python_version} is not installed here, so each "
+                     f"cold start compiles it; install python{profile.python_version} and rebuild to precompile")
 
     progress("packaging")
     with tempfile.TemporaryDirectory(prefix="fnpack-build-") as tmp:
