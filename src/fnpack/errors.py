@@ -97,3 +97,17 @@ class StartError(FnpackError):
 
     exit_code = 11
     kind = "start"
+
+
+class NotFoundError(FnpackError):
+    """An unknown function, version or alias."""
+
+    exit_code = 12
+    kind = "not-found"
+
+
+class ConflictError(FnpackError):
+    """A change that would break something in use: deleting a version an alias points to."""
+
+    exit_code = 13
+    kind = "conflict"

@@ -57,6 +57,17 @@ class Qualifier:
 
 
 @dataclass(frozen=True)
+class Version:
+    """An immutable version of a function: its number and the archive it runs."""
+
+    function: str
+    number: int
+    sha256: str
+    created_at: str  # ISO 8601, UTC
+    actor: str
+
+
+@dataclass(frozen=True)
 class AliasState:
     """Where an alias sends traffic: `primary`, and `weight` of it to `canary` when one is set."""
 

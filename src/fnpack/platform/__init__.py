@@ -1,0 +1,1 @@
+"""The local platform (`fnpack serve`): registry, gateway, workers."""

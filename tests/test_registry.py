@@ -1,0 +1,133 @@
+"""The local platform's registry: persistence, numbering, concurrency, crash safety, aliases."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from fnpack.errors import ConflictError, NotFoundError
+from fnpack.platform.registry import Registry
+from fnpack.versions import AliasError, AliasState, Qualifier
+
+
+def archive(tmp_path: Path, content: str) -> Path:
+    path = tmp_path / f"{abs(hash(content))}.zip"
+    path.write_text(content)
+    return path
+
+
+def test_versions_are_numbered_per_function_and_survive_a_restart(tmp_path):
+    state = tmp_path / "state"
+    registry = Registry(state)
+    v1, created = registry.deploy(archive(tmp_path, "a"), "iris", {"name": "iris"}, "ana")
+    v2, _ = registry.deploy(archive(tmp_path, "b"), "iris", {"name": "iris"}, "ana")
+    other, _ = registry.deploy(archive(tmp_path, "a"), "digits", {"name": "digits"}, "ana")
+    assert (v1.number, v2.number, other.number, created) == (1, 2, 1, True)
+    registry.set_alias("iris", "live", AliasState(2), "ana")
+
+    restarted = Registry(state)
+    assert restarted.functions() == ["digits", "iris"]
+    assert [v.number for v in restarted.versions("iris")] == [1, 2]
+    assert restarted.resolve(Qualifier.parse("iris")) == AliasState(2)
+    assert restarted.archive_path(v1.sha256).read_text() == "a"
+    assert restarted.spec("iris", 1) == {"name": "iris"}
+
+
+def test_the_same_archive_twice_is_the_same_version(tmp_path):
+    registry = Registry(tmp_path / "state")
+    first, created = registry.deploy(archive(tmp_path, "same"), "iris", {}, "ana")
+    again, created_again = registry.deploy(archive(tmp_path, "same"), "iris", {}, "bo")
+    assert first == again and (created, created_again) == (True, False)
+
+
+def _deploy_many(state: str, folder: str, tag: str) -> None:
+    registry = Registry(state)
+    for i in range(10):
+        path = Path(folder) / f"{tag}-{i}.zip"
+        path.write_text(f"{tag}-{i}")
+        registry.deploy(path, "iris", {}, tag)
+
+
+def test_concurrent_deploys_from_two_processes_get_distinct_versions(tmp_path):
+    state = tmp_path / "state"
+    Registry(state)
+    workers = [multiprocessing.get_context("spawn").Process(target=_deploy_many, args=(str(state), str(tmp_path), t))
+               for t in ("x", "y")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    versions = Registry(state).versions("iris")
+    assert [v.number for v in versions] == list(range(1, 21))
+    assert len({v.sha256 for v in versions}) == 20
+
+
+def _crash_after_storing(state: str, path: str) -> None:
+    Registry(state)._store_archive(Path(path))
+    os._exit(1)  # killed between storing the archive and committing its version
+
+
+def test_a_deploy_killed_midway_leaves_no_version_and_the_next_one_completes(tmp_path):
+    state = tmp_path / "state"
+    path = archive(tmp_path, "half")
+    crash = multiprocessing.get_context("spawn").Process(target=_crash_after_storing, args=(str(state), str(path)))
+    crash.start()
+    crash.join(60)
+    assert crash.exitcode == 1
+    registry = Registry(state)
+    assert registry.functions() == []
+    version, created = registry.deploy(path, "iris", {}, "ana")
+    assert (version.number, created) == (1, True)
+
+
+def test_aliases_history_and_rollback(tmp_path):
+    registry = Registry(tmp_path / "state")
+    for content in ("a", "b", "c"):
+        registry.deploy(archive(tmp_path, content), "iris", {}, "ana")
+    registry.set_alias("iris", "live", AliasState(1), "ana")
+    registry.set_alias("iris", "live", AliasState(1, canary=2, weight=0.1), "ana", reason="canary v2")
+    registry.set_alias("iris", "live", AliasState(2), "bo", reason="promote")
+    assert registry.aliases("iris") == {"live": AliasState(2)}
+
+    back = registry.rollback("iris", "live", "bo")
+    assert back.after == AliasState(1, canary=2, weight=0.1) and back.undoes == 2
+    assert registry.rollback("iris", "live", "bo").after == AliasState(1)
+    history = registry.history("iris", "live")
+    assert [(m.actor, m.reason) for m in history][:3] == [("ana", None), ("ana", "canary v2"), ("bo", "promote")]
+    assert [str(m.after) for m in history] == ["v1", "v1 + v2 at 10%", "v2", "v1 + v2 at 10%", "v1"]
+    with pytest.raises(AliasError):
+        registry.rollback("iris", "live", "bo")
+
+
+def test_bad_alias_moves_change_nothing(tmp_path):
+    registry = Registry(tmp_path / "state")
+    registry.deploy(archive(tmp_path, "a"), "iris", {}, "ana")
+    registry.set_alias("iris", "live", AliasState(1), "ana")
+    with pytest.raises(NotFoundError, match="iris has no version 7"):
+        registry.set_alias("iris", "live", AliasState(1, canary=7, weight=0.5), "ana")
+    with pytest.raises(NotFoundError, match="no function named 'nope'"):
+        registry.set_alias("nope", "live", AliasState(1), "ana")
+    with pytest.raises(NotFoundError, match="has no alias 'prod'"):
+        registry.resolve(Qualifier.parse("iris:prod"))
+    assert registry.resolve(Qualifier.parse("iris:1")) == AliasState(1)
+    assert len(registry.history("iris", "live")) == 1 and registry.aliases("iris") == {"live": AliasState(1)}
+
+
+def test_delete_refuses_versions_in_use_and_removes_unused_archives(tmp_path):
+    registry = Registry(tmp_path / "state")
+    v1, _ = registry.deploy(archive(tmp_path, "a"), "iris", {}, "ana")
+    v2, _ = registry.deploy(archive(tmp_path, "b"), "iris", {}, "ana")
+    registry.set_alias("iris", "live", AliasState(2, canary=1, weight=0.2), "ana")
+    with pytest.raises(ConflictError, match="in use by alias live"):
+        registry.delete("iris", 1)
+    registry.set_alias("iris", "live", AliasState(2), "ana")
+    registry.delete("iris", 1)
+    assert not registry.archive_path(v1.sha256).exists() and registry.archive_path(v2.sha256).exists()
+    registry.delete("iris")
+    assert registry.functions() == [] and not registry.archive_path(v2.sha256).exists()
+    with pytest.raises(NotFoundError):
+        registry.versions("iris")
