@@ -186,10 +186,9 @@ def _app_files(project: Project, stage: Path, profile: BuildProfile) -> list[Pac
     include = ("**/*.py", spec.model, *spec.include)
     exclude = (*DEFAULT_EXCLUDE, *spec.exclude)
     owners: dict[str, str] = {}
-    for path in sorted(project.root.rglob("*")):
-        rel = path.relative_to(project.root).as_posix()
-        if path.is_file() and matches(rel, include) and not matches(rel, exclude):
-            _copy(path, stage / rel)
+    for rel in _function_files(project.root, exclude):
+        if matches(rel, include):
+            _copy(project.root / rel, stage / rel)
             owners[rel] = "(model)" if rel == spec.model else "(your code)"
     runtime = runtime_package_dir()
     added = {"fnpack/" + p.relative_to(runtime).as_posix(): p
@@ -206,6 +205,21 @@ def _app_files(project: Project, stage: Path, profile: BuildProfile) -> list[Pac
         compile_tree(python, str(stage))
     entries, records = tree_entries(stage)
     return [Packaged(e, owners.get(_source_of(e.name), "(your code)"), r.sha256) for e, r in zip(entries, records)]
+
+
+def _function_files(root: Path, exclude: tuple[str, ...]) -> list[str]:
+    """Relative paths of the files under root that no `exclude` glob matches.
+
+    Excluded folders are not entered: a .venv or node_modules inside the function
+    folder would otherwise be walked, file by file, on every build.
+    """
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        base = Path(folder).relative_to(root).as_posix()
+        prefix = "" if base == "." else base + "/"
+        dirs[:] = sorted(d for d in dirs if not matches(prefix + d, exclude))
+        found += [prefix + f for f in sorted(files) if not matches(prefix + f, exclude)]
+    return found
 
 
 def _source_of(path: str) -> str:
