@@ -270,3 +270,14 @@ def test_identity_function_with_several_inputs_and_outputs(tmp_path):
                 "outputs": [{"name": "product"}]}
         result = httpx.post(f"{url}/v2/models/pair/infer", json=body).json()
         assert [o["name"] for o in result["outputs"]] == ["product"] and result["outputs"][0]["data"] == [5.0, 10.0]
+
+
+def test_a_second_start_serves_the_unpacked_archive_without_fetching_it(archives, tmp_path):
+    from fnpack import worker
+
+    a = archives["plain"]
+    first = worker.prepare(a["archive"], a["sha256"], tmp_path)
+    # Neither the source nor an intact cached zip is left: only the verified unpacked folder is.
+    (tmp_path / "zips" / f"{a['sha256']}.zip").write_bytes(b"damaged")
+    second = worker.prepare(str(tmp_path / "gone.zip"), a["sha256"], tmp_path)
+    assert first == second and (first / "fnpack.json").is_file()

@@ -90,8 +90,8 @@ def unpack_archive(archive: Path, sha256: str, dest_root: Path) -> Path:
     """
     expected = _check_sha256(sha256)
     dest_root = Path(dest_root)
-    dest = dest_root / expected
-    if dest.is_dir():  # only a complete, verified unpack is ever renamed to this name
+    dest = unpacked_path(expected, dest_root)
+    if dest.is_dir():
         return dest
     try:
         dest_root.mkdir(parents=True, exist_ok=True)
@@ -122,6 +122,12 @@ def unpack_archive(archive: Path, sha256: str, dest_root: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def unpacked_path(sha256: str, dest_root: Path) -> Path:
+    """Where `unpack_archive` puts an archive. Only a complete, verified unpack is ever renamed
+    to this name, so a folder there can be served without fetching or hashing the zip again."""
+    return Path(dest_root) / _check_sha256(sha256)
 
 
 def _check_sha256(sha256: str) -> str:
