@@ -44,8 +44,8 @@ def check_budget(budget: SizeBudget, zipped: int, unzipped: int, files: list[Siz
         over.append(f"unzipped {human(unzipped)} is over the limit of {human(budget.max_unzipped)}")
     if budget.max_zipped is not None and zipped > budget.max_zipped:
         over.append(f"zipped {human(zipped)} is over the limit of {human(budget.max_zipped)}")
-    report = breakdown(files)
     if over:
+        report = breakdown(files)
         raise BudgetError("the archive is too large: " + "; ".join(over),
                           hint=" ".join(_hints(report, model_path)), report=report)
     upload = None

@@ -26,6 +26,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from fnpack.archive import sha256_file
 from fnpack.build import slim
 from fnpack.build.interpreters import compile_tree, find_python
 from fnpack.build.profile import BuildProfile
@@ -99,7 +100,7 @@ def resolve(profile: BuildProfile, requirements: list[str], progress: Progress) 
             if not (wheel_dir / path.name).exists():
                 os.replace(path, wheel_dir / path.name)
     # Hashed once here: rebuilds read the wheels' hashes from the record instead of 40 MB of wheels.
-    known = {p.name: _sha256((wheel_dir / p.name).read_bytes()) for p in by_name.values()}
+    known = {p.name: sha256_file(wheel_dir / p.name) for p in by_name.values()}
     record.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(record, json.dumps(known, sort_keys=True).encode())
     return [(wheel_dir / name, sha) for name, sha in sorted(known.items())]
