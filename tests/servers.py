@@ -51,3 +51,26 @@ def worker(archive: str | Path, sha256: str, cache_dir: Path, env: dict[str, str
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def platform(state_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`fnpack serve` on a free loopback port with its state in `state_dir`; yields its base URL.
+
+    The control token is in `state_dir / "token"` once it is ready.
+    """
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fnpack", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--state-dir", str(state_dir), *extra],
+        env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
