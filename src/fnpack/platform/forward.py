@@ -1,0 +1,102 @@
+"""HTTP/1.1 to a worker over its Unix socket: one request at a time per kept-alive connection.
+
+Hand-written on asyncio streams with httptools' response parser instead of an HTTP
+client library: forwarding is on every request's path, and a general-purpose
+client (connection-pool bookkeeping, timeouts objects, header models) costs more
+than the worker's own work on a small model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import httptools
+
+# Hop-by-hop headers are the connection's, not the message's: never forwarded either way.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+                        b"proxy-authorization", b"proxy-authenticate", b"content-length", b"host"})
+
+
+class UpstreamClosed(Exception):
+    """The worker closed the connection before a full response. `answered` is False when no
+    byte of a response had arrived (the request may be retried on a fresh connection only then
+    if the connection was a reused one)."""
+
+    def __init__(self, message: str, answered: bool) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    keep_alive: bool = True
+
+
+class _Parser:
+    """httptools callbacks collecting one response."""
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class Connection:
+    """One kept-alive HTTP/1.1 connection to a worker's Unix socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.uses = 0
+
+    @classmethod
+    async def open(cls, path: str) -> Connection:
+        reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
+        return cls(reader, writer)
+
+    @property
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    async def request(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> Response:
+        self.uses += 1
+        head = [method, b" ", target, b" HTTP/1.1\r\nhost: worker\r\ncontent-length: ",
+                str(len(body)).encode(), b"\r\n"]
+        for name, value in headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        self.writer.write(b"".join(head) + body)
+        parsed = _Parser()
+        parser = httptools.HttpResponseParser(parsed)
+        received = False
+        while not parsed.complete:
+            try:
+                data = await self.reader.read(1 << 16)
+            except ConnectionError as exc:
+                raise UpstreamClosed(f"connection reset ({exc})", received) from None
+            if not data:
+                raise UpstreamClosed("connection closed", received)
+            received = True
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise UpstreamClosed(f"malformed response ({exc})", True) from None
+        return Response(parser.get_status_code(), parsed.headers, b"".join(parsed.chunks),
+                        parser.should_keep_alive())
+
+    def close(self) -> None:
+        self.writer.close()
