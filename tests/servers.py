@@ -59,16 +59,25 @@ def platform(state_dir: Path, *extra: str, env: dict[str, str] | None = None) ->
 
     The control token is in `state_dir / "token"` once it is ready.
     """
-    port = free_port()
+    with platform_process(state_dir, *extra, env=env) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def platform_process(state_dir: Path, *extra: str, env: dict[str, str] | None = None,
+                     port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Like `platform`, also yielding the process (to kill it in reliability tests)."""
+    port = port or free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "fnpack", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--state-dir", str(state_dir), *extra],
         env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(f"http://127.0.0.1:{port}/healthz", process)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         try:
             process.wait(15)
         except subprocess.TimeoutExpired:

@@ -27,6 +27,7 @@ from urllib.parse import unquote
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
@@ -103,6 +104,15 @@ def control_api(platform: LocalPlatform, token: str) -> FastAPI:
     @api.exception_handler(FnpackError)
     async def fnpack_error(_: Request, exc: FnpackError) -> Response:
         return Response(error_body(exc), status_code=status_of(exc), media_type="application/json")
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = (f"no route {request.method} {request.url.path}" if exc.status_code == 404 else
+                   f"{request.method} is not allowed on {request.url.path}" if exc.status_code == 405 else
+                   str(exc.detail))
+        return JSONResponse({"error": "not-found" if exc.status_code == 404 else "usage", "message": message,
+                             "hint": "the control API is under /api/v1; invocations are POST /function/NAME",
+                             "exit_code": 12 if exc.status_code == 404 else 2}, status_code=exc.status_code)
 
     @api.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> Response:

@@ -366,6 +366,9 @@ class WorkerPool:
                         response = await conn.request(method, target, headers, body)
                 except UpstreamClosed as exc:
                     conn.close()
+                    # Dropping a request means the worker died (or is dying): stop sending it any.
+                    if pool.forget(worker, f"dropped a request ({exc})"):
+                        self.on_change(pool)
                     raise WorkerLost(f"the worker serving {pool.label} (pid {worker.pid}) stopped before it "
                                      f"answered ({exc}); it exited or crashed, and this request was not completed",
                                      hint=f"`fnpack logs {pool.function}` shows why; retrying the request "
@@ -417,8 +420,8 @@ class WorkerPool:
         pool, worker = owner
         if pool.forget(worker, f"exited: {status}"):
             self.on_change(pool)
-        else:
-            log_line(pool.log, f"{pool.label}: worker pid {worker.pid} {status}")
+        else:  # dropped already (idle-stopped, or found dead by a request): record how it ended
+            log_line(pool.log, f"{pool.label}: worker pid {worker.pid} exited: {status}")
 
     # --- scaling -------------------------------------------------------------------------------
 
