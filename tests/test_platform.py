@@ -6,7 +6,6 @@ the gateway killed in the middle of a deploy, a flood to a cold function, bad co
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil

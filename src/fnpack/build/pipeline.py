@@ -75,7 +75,7 @@ def build(path: Path | str = ".", target: str = "local", out: Path | str | None 
     for role in ("features", "score"):
         if getattr(spec, role):
             check_callable(project.root, getattr(spec, role), role)
-    samples = _load_samples(project)
+    samples = load_samples(project)
 
     progress("vendoring packages")
     layers = vendor(profile, spec.requirements, progress)
@@ -151,7 +151,7 @@ def _check_writable(out_dir: Path) -> None:
                           hint="pass a writable folder with --out") from None
 
 
-def _load_samples(project: Project) -> list[dict[str, Any]]:
+def load_samples(project: Project) -> list[dict[str, Any]]:
     samples = []
     for i, sample in enumerate(project.spec.samples, 1):
         data, source = sample.data, None

@@ -1,4 +1,4 @@
-"""The `fnpack` command: parse, call the library, render. Errors end as one message and an exit code."""
+"""Commands that make and examine archives: build, inspect, run, init, schema, version."""
 
 from __future__ import annotations
 
@@ -6,48 +6,18 @@ import json
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 
 from fnpack import __version__
-from fnpack.errors import FnpackError, SpecError
-
-app = typer.Typer(help="Package ONNX model functions into deterministic archives and serve them.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-# soft_wrap: long paths and hints stay on one line when piped (no 80-column wrapping).
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+from fnpack.cli._app import app, build_progress, err, handle_errors, out, print_breakdown
+from fnpack.errors import SpecError
 
 TEMPLATES = {"tabular": "iris", "image": "digits"}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-def main() -> None:
-    app()
-
-
-@contextmanager
-def _errors(as_json: bool) -> Iterator[None]:
-    """FnpackError -> `error:` + `hint:` (or one JSON object) and its exit code; never a traceback."""
-    try:
-        yield
-    except FnpackError as exc:
-        if as_json:
-            out.print_json(json.dumps(exc.to_dict()))
-        else:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-            report = getattr(exc, "report", None)
-            if report:
-                _print_breakdown(report, err)
-            if exc.hint:
-                err.print(f"[bold]hint:[/] {exc.hint}", highlight=False)
-        raise typer.Exit(exc.exit_code) from None
 
 
 def parse_size(text: str) -> int:
@@ -69,7 +39,7 @@ def build(
     from fnpack.build.pipeline import build as run_build
 
     limit = parse_size(max_size) if max_size else None
-    with _errors(as_json), _progress(enabled=not as_json) as progress:
+    with handle_errors(as_json), build_progress(enabled=not as_json) as progress:
         result = run_build(path, target=target, out=out_dir, max_size=limit, progress=progress)
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
@@ -83,7 +53,7 @@ def build(
     smoke = result.smoke
     out.print(f"  smoke    {smoke['samples']} sample(s) passed" if smoke["status"] == "passed" else
               "  smoke    [yellow]skipped[/]", highlight=False)
-    _print_breakdown(result.breakdown, out, top=3)
+    print_breakdown(result.breakdown, out, top=3)
     for note in result.notes:
         out.print(f"[yellow]note:[/] {note}", highlight=False)
 
@@ -97,7 +67,7 @@ def inspect(
     """Show an archive's manifest, handler, sizes and whether it is intact."""
     from fnpack.inspect import inspect_archive
 
-    with _errors(as_json):
+    with handle_errors(as_json):
         report = inspect_archive(archive, expected_sha256=sha256)
     if as_json:
         out.print_json(json.dumps(report))
@@ -120,7 +90,7 @@ def run(
     """Run an archive locally exactly as a target would: as an HTTP server, or under the Lambda runtime."""
     if as_ not in ("http", "lambda"):
         raise typer.BadParameter(f"{as_!r}: expected http or lambda", param_hint="--as")
-    with _errors(False):
+    with handle_errors(False):
         if as_ == "lambda":
             from fnpack.lambda_local import run_lambda
 
@@ -148,7 +118,7 @@ def init(
     from fnpack._resources import data_dir
     from fnpack.spec import parse_spec
 
-    with _errors(False):
+    with handle_errors(False):
         if template not in TEMPLATES:
             raise SpecError(f"unknown template {template!r}", hint=f"choose one of: {', '.join(TEMPLATES)}")
         target = directory or Path(name)
@@ -179,26 +149,6 @@ def version() -> None:
     out.print(__version__)
 
 
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
-    """A spinner with the current step on stderr (silent when disabled or not a terminal)."""
-    if not enabled or not err.is_terminal:
-        yield lambda _: None
-        return
-    with err.status("building") as status:
-        yield lambda step: status.update(step)
-
-
-def _print_breakdown(report: dict[str, Any], console: Console, top: int = 8) -> None:
-    from fnpack.build.budget import human
-
-    console.print("  largest  " + ", ".join(f"{p['name']} {human(p['size'])} ({p['share']:.0%})"
-                                            for p in report.get("packages", [])[:top]), highlight=False)
-    if top > 3:
-        for f in report.get("largest_files", [])[:top]:
-            console.print(f"           {f['path']}  {human(f['size'])} ({f['share']:.0%})", highlight=False)
-
-
 def _print_inspection(report: dict[str, Any]) -> None:
     from fnpack.build.budget import human
 
@@ -215,4 +165,4 @@ def _print_inspection(report: dict[str, Any]) -> None:
                   f"  built by fnpack {m.get('fnpack_version')}", highlight=False)
     out.print(f"  size     {human(report['zipped_size'])} zipped, {human(report['unzipped_size'])} unzipped, "
               f"{report['files']} files", highlight=False)
-    _print_breakdown(report["breakdown"], out)
+    print_breakdown(report["breakdown"], out)

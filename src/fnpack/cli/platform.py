@@ -1,0 +1,562 @@
+"""Commands that deploy and manage functions on a target: serve, deploy, invoke, ls, versions, delete,
+alias, rollback, logs, up. Each calls `fnpack.targets` and renders the result (or one JSON object)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+
+from fnpack.cli._app import app, build_progress, err, handle_errors, out
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+alias_app = typer.Typer(help="Point aliases at versions, with an optional canary; list them; show their history.",
+                        no_args_is_help=True)
+app.add_typer(alias_app, name="alias")
+
+
+def _target_option() -> Any:
+    return typer.Option("local", "--target", "-t", envvar="FNPACK_TARGET", help="Where functions live (local).")
+
+
+def _url_option() -> Any:
+    return typer.Option(DEFAULT_URL, "--url", envvar="FNPACK_URL", help="The platform's address.")
+
+
+def _state_option() -> Any:
+    return typer.Option(Path(".fnpack"), "--state-dir", envvar="FNPACK_STATE_DIR",
+                        help="The platform's state folder (its `token` file authorises changes).")
+
+
+def _invoke_token_option() -> Any:
+    return typer.Option(None, "--invoke-token", envvar="FNPACK_INVOKE_TOKEN",
+                        help="Bearer token for invocations, when the platform requires one.")
+
+
+def _json_option() -> Any:
+    return typer.Option(False, "--json", help="Print one JSON object.")
+
+
+def _connect(target: str, url: str, state_dir: Path, invoke_token: Optional[str] = None) -> Any:
+    from fnpack.targets import get_target
+
+    return get_target(target, url=url, state_dir=state_dir, invoke_token=invoke_token)
+
+
+def _function_name(text: str) -> str:
+    """A bare function name, checked like a qualifier before it reaches a URL."""
+    from fnpack.errors import UsageError
+    from fnpack.versions import Qualifier
+
+    qualifier = Qualifier.parse(text)
+    if qualifier.alias or qualifier.version is not None:
+        raise UsageError(f"{text!r}: expected a function name, not a qualifier", hint=f"use {qualifier.name!r}")
+    return qualifier.name
+
+
+def _alias_name(name: str, alias: str) -> str:
+    from fnpack.errors import UsageError
+    from fnpack.versions import Qualifier
+
+    qualifier = Qualifier.parse(f"{name}:{alias}")
+    if qualifier.alias is None:
+        raise UsageError(f"{alias!r} is a version number, not an alias name",
+                         hint="alias names are lower-case words such as live or staging")
+    return qualifier.alias
+
+
+def _version_number(text: str, what: str = "VERSION") -> int:
+    from fnpack.errors import UsageError
+
+    digits = text[1:] if text[:1] in ("v", "V") else text
+    if not digits.isdigit() or int(digits) < 1:
+        raise UsageError(f"{what} {text!r} is not a version number", hint="versions are 1, 2, ... (or v1, v2, ...)")
+    return int(digits)
+
+
+def _jsonable(value: Any) -> Any:
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _emit(data: Any) -> None:
+    """One JSON object on stdout, unwrapped and unhighlighted (safe to pipe into jq)."""
+    sys.stdout.write(json.dumps(_jsonable(data), default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _move_text(move: Any) -> str:
+    before = str(move.before) if move.before else "(new)"
+    extra = f"  ({move.reason})" if move.reason else ""
+    return f"{before} -> {move.after}{extra}"
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; other than loopback needs "
+                                                         "--invoke-token."),
+    port: int = typer.Option(8080, "--port", help="Port to listen on."),
+    state_dir: Path = _state_option(),
+    invoke_token: Optional[str] = _invoke_token_option(),
+) -> None:
+    """Run the local platform: a gateway serving every deployed function, versions and aliases."""
+    with handle_errors(False):
+        from fnpack.platform.gateway import serve as run_gateway
+
+        try:
+            run_gateway(host, port, state_dir, invoke_token)
+        except KeyboardInterrupt:
+            pass
+
+
+def _archive_for(path: Path, target: str, as_json: bool) -> tuple[Path, Any]:
+    """(archive to deploy, build result or None): a folder or fnpack.yaml is built, a .zip deployed as is."""
+    from fnpack.errors import UsageError
+
+    if path.is_dir() or path.name in ("fnpack.yaml", "fnpack.yml"):
+        from fnpack.build.pipeline import build as run_build
+
+        with build_progress(enabled=not as_json) as progress:
+            result = run_build(path, target=target, progress=progress)
+        if not as_json:
+            err.print(f"built    {result.archive}", highlight=False, markup=False)
+        return result.archive, result
+    if path.is_file() and path.suffix == ".zip":
+        return path, None
+    if not path.exists():
+        raise UsageError(f"{path} does not exist", hint="deploy a function folder (with fnpack.yaml) or a built .zip")
+    raise UsageError(f"{path} is neither a function folder nor a .zip archive",
+                     hint="deploy a function folder (with fnpack.yaml) or a built .zip")
+
+
+@app.command()
+def deploy(
+    path: Path = typer.Argument(Path("."), help="A function folder (built first) or a built .zip archive."),
+    alias: str = typer.Option("live", "--alias", help="The alias to point at the deployed version."),
+    no_promote: bool = typer.Option(False, "--no-promote", help="Deploy the version; move no alias."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
+    target: str = _target_option(),
+    url: str = _url_option(),
+    state_dir: Path = _state_option(),
+    as_json: bool = _json_option(),
+) -> None:
+    """Deploy a function as a new version (the same archive again gives the existing one) and promote it."""
+    with handle_errors(as_json):
+        if not no_promote:
+            _alias_name("fn", alias)
+        with _connect(target, url, state_dir) as remote:  # an unavailable target fails before building
+            archive, built = _archive_for(path, target, as_json)
+            plan = remote.plan_deploy(archive, None if no_promote else alias, reason)
+            if dry_run:
+                if as_json:
+                    _emit({"dry_run": True, "plan": plan.to_dict()})
+                    return
+                out.print(f"plan for {plan.function} on {plan.target} (dry run: nothing changed)", highlight=False, markup=False)
+                for step in plan.steps:
+                    out.print(f"  {step.action:<14}{step.summary}", highlight=False, markup=False)
+                return
+            result = remote.execute(plan)
+    if as_json:
+        _emit({"dry_run": False, "plan": plan.to_dict(), **result.to_dict(),
+               "build": {"archive": str(built.archive), "sha256": built.sha256} if built else None})
+        return
+    version = result.version
+    out.print(f"deployed {version.function} v{version.number} " +
+              ("(new version)" if result.created else "(this archive was already deployed)"), highlight=False, markup=False)
+    if result.alias is None:
+        out.print("alias    none moved (--no-promote)", highlight=False, markup=False)
+    elif result.move is None:
+        out.print(f"alias    {result.alias} already at v{version.number}", highlight=False, markup=False)
+    else:
+        out.print(f"alias    {result.alias}: {_move_text(result.move)}", highlight=False, markup=False)
+    out.print(f"invoke   {result.url}", highlight=False, markup=False)
+
+
+def _read_payload(data: Optional[str], file: Optional[Path]) -> Any:
+    from fnpack.errors import UsageError
+
+    if file is not None:
+        try:
+            text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read --file {file}: {exc.strerror}") from None
+        where = f"--file {file}"
+    else:
+        text, where = data or "", "--data"
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{where} is not JSON: {exc}", hint='e.g. --data \'{"x": 1}\'') from None
+
+
+@app.command()
+def invoke(
+    qualifier: str = typer.Argument(..., help="NAME (its live alias), NAME:ALIAS or NAME:VERSION."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="The request: a JSON record or list of records."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read the request from a JSON file (- : stdin)."),
+    batch: Optional[Path] = typer.Option(None, "--batch", help="Score a JSON Lines file, one request a line."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="--batch: where the answers go (JSON Lines)."),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", help="--batch: requests in flight at once."),
+    invoke_token: Optional[str] = _invoke_token_option(),
+    target: str = _target_option(),
+    url: str = _url_option(),
+    state_dir: Path = _state_option(),
+    as_json: bool = _json_option(),
+) -> None:
+    """Call a deployed function and print its answer; or score a file with --batch.
+
+    With --batch, the answers are written to --out in input order, one line per non-blank input line;
+    a failed record (not JSON, or refused by the function) becomes {"error": ..., "line": n} and is
+    reported on stderr. The exit code is 1 when any record failed, 0 when all were scored.
+    """
+    from fnpack.errors import UsageError
+    from fnpack.versions import Qualifier
+
+    with handle_errors(as_json):
+        parsed = Qualifier.parse(qualifier)
+        if sum(x is not None for x in (data, file, batch)) != 1:
+            raise UsageError("give exactly one of --data, --file or --batch",
+                             hint=f"e.g. fnpack invoke {parsed} --data '{{...}}'")
+        if (batch is None) != (out_path is None):
+            raise UsageError("--batch and --out go together", hint="--batch in.jsonl --out out.jsonl")
+        if batch is not None:
+            assert out_path is not None
+            _invoke_batch(parsed, batch, out_path, concurrency, as_json,
+                          _connect(target, url, state_dir, invoke_token))
+            return
+        payload = _read_payload(data, file)
+        with _connect(target, url, state_dir, invoke_token) as remote:
+            answer = remote.invoke(parsed, payload)
+    if as_json:
+        _emit({"qualifier": str(parsed), "version": answer.version, "answer": answer.body})
+    else:
+        sys.stdout.write(json.dumps(answer.body, indent=2) + "\n")
+
+
+def _invoke_batch(qualifier: Any, source: Path, out_path: Path, concurrency: int, as_json: bool,
+                  remote: Any) -> None:
+    from fnpack.invoke_batch import BatchError, count_records, score_file
+
+    shown = 0
+
+    def on_failure(line: int, message: str) -> None:
+        nonlocal shown
+        shown += 1
+        if not as_json and shown <= 20:
+            err.print(f"[red]line {line}:[/] {escape(message)}", highlight=False)
+
+    with remote:
+        if err.is_terminal and not as_json:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            total = count_records(source) if source.is_file() else None
+            with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=err, transient=True) as bar:
+                task = bar.add_task("scoring", total=total)
+                summary = score_file(remote, qualifier, source, out_path, concurrency,
+                                     on_record=lambda: bar.advance(task), on_failure=on_failure)
+        else:
+            summary = score_file(remote, qualifier, source, out_path, concurrency, on_failure=on_failure)
+    if as_json:
+        _emit(summary.to_dict())
+        if summary.failed:
+            raise typer.Exit(BatchError.exit_code)
+        return
+    if shown > 20:
+        err.print(f"... and {shown - 20} more failed record(s)", highlight=False, markup=False)
+    rate = f", {summary.records / summary.seconds:.0f}/s" if summary.seconds else ""
+    err.print(f"scored {summary.records} record(s) in {summary.seconds:.1f} s{rate}: {summary.ok} ok, "
+              f"{summary.failed} failed -> {summary.out}", highlight=False, markup=False)
+    if summary.failed:
+        raise BatchError(f"{summary.failed} of {summary.records} record(s) failed; their lines in {summary.out} "
+                         "hold {\"error\", \"line\"}")
+
+
+@app.command("ls")
+def list_functions(
+    target: str = _target_option(),
+    url: str = _url_option(),
+    state_dir: Path = _state_option(),
+    as_json: bool = _json_option(),
+) -> None:
+    """List the deployed functions with their versions and aliases."""
+    with handle_errors(as_json), _connect(target, url, state_dir) as remote:
+        functions = remote.functions()
+    if as_json:
+        _emit({"functions": functions})
+        return
+    if not functions:
+        out.print("no functions deployed yet (fnpack deploy PATH)", highlight=False, markup=False)
+        return
+    out.print(f"{'NAME':<24}{'VERSIONS':>9}{'LATEST':>8}  ALIASES", highlight=False, markup=False)
+    for f in functions:
+        aliases = ", ".join(f"{a} -> {s}" for a, s in sorted(f.aliases.items())) or "-"
+        out.print(f"{f.name:<24}{f.versions:>9}{'v' + str(f.latest):>8}  {aliases}", highlight=False, markup=False)
+
+
+@app.command()
+def versions(
+    name: str = typer.Argument(..., help="The function."),
+    target: str = _target_option(),
+    url: str = _url_option(),
+    state_dir: Path = _state_option(),
+    as_json: bool = _json_option(),
+) -> None:
+    """List a function's versions: number, archive sha256, when, who, and the aliases using each."""
+    with handle_errors(as_json):
+        name = _function_name(name)
+        with _connect(target, url, state_dir) as remote:
+            found = remote.versions(name)
+            aliases = remote.aliases(name)
+    users = {v.number: sorted(a for a, s in aliases.items() if v.number in s.versions) for v in found}
+    if as_json:
+        _emit({"function": name, "versions": [{**_jsonable(v), "aliases": users[v.number]} for v in found]})
+        return
+    out.print(f"{'VERSION':<9}{'SHA256':<14}{'CREATED':<26}{'BY':<24}ALIASES", highlight=False, markup=False)
+    for v in found:
+        out.print(f"{'v' + str(v.number):<9}{v.sha256[:12]:<14}{v.created_at:<26}{v.actor:<24}"
+                  f"{', '.join(users[v.number]) or '-'}", highlight=False, markup=False)
+
+
+@app.command()
+def delete(
+    qualifier: str = typer.Argument(..., help="NAME (the function, its versions and aliases) or NAME:VERSION."),
+    target: str = _target_option(),
+    url: str = _url_option(),
+    state_dir: Path = _state_option(),
+    as_json: bool = _json_option(),
+) -> None:
+    """Delete a version (refused while an alias uses it) or a whole function."""
+    from fnpack.errors import UsageError
+    from fnpack.versions import Qualifier
+
+    with handle_errors(as_json):
+        parsed = Qualifier.parse(qualifier)
+        if parsed.alias:
+            raise UsageError(f"{qualifier!r}: delete takes NAME or NAME:VERSION, not an alias",
+                             hint=f"`fnpack versions {parsed.name}` shows which version {parsed.alias} uses")
+        with _connect(target, url, state_dir) as remote:
+            deleted = remote.delete(parsed.name, parsed.version)
+    if as_json:
+        _emit({"deleted": deleted})
+        return
+    numbers = ", ".join(f"v{v.number}" for v in deleted)
+    out.print(f"deleted {parsed.name} " + (numbers if parsed.version else f"(all versions: {numbers})"),
+              highlight=False, markup=False)
+
+
+@alias_app.command("set")
+def alias_set(
+    name: str = typer.Argument(..., help="The function."),
+    alias: str = typer.Argument(..., help="The alias, e.g. live."),
+    version: str = typer.Argument(..., help="The primary version (3 or v3)."),
+    canary: Optional[str] = typer.Option(None, "--canary", help="A second version that gets --weight of traffic."),
+    weight: Optional[float] = typer.Option(None, "--weight", help="The canary's share of traffic, in [0, 1]."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
+    target: str = _target_option(),
+    url: str = _url_option(),
+    state_dir: Path = _state_option(),
+    as_json: bool = _json_option(),
+) -> None:
+    """Point an alias at a version, or split it between a primary and a canary version."""
+    from fnpack.errors import UsageError
+    from fnpack.versions import AliasState
+
+    with handle_errors(as_json):
+        name, alias = _function_name(name), _alias_name(name, alias)
+        primary = _version_number(version)
+        canary_number = _version_number(canary, "--canary") if canary is not None else None
+        if canary_number is not None and weight is None:
+            raise UsageError("--canary needs --weight", hint="e.g. --canary 3 --weight 0.1 sends 10% to v3")
+        if canary_number is None and weight is not None:
+            raise UsageError("--weight needs --canary", hint="e.g. --canary 3 --weight 0.1 sends 10% to v3")
+        state = AliasState(primary, canary_number, weight or 0.0)
+        with _connect(target, url, state_dir) as remote:
+            move = remote.set_alias(name, alias, state, reason)
+    if as_json:
+        _emit({"function": name, "alias": alias, "move": move})
+        return
+    out.print(f"{name}:{alias}  {_move_text(move)}", highlight=False, markup=False)
+
+
+@alias_app.command("list")
+def alias_list(
+    name: str = typer.Argument(..., help="The function."),
+    target: str = _target_option(),
+    url: str = _url_option(),
+    state_dir: Path = _state_option(),
+    as_json: bool = _json_option(),
+) -> None:
+    """List a function's aliases and where each sends traffic."""
+    with handle_errors(as_json):
+        name = _function_name(name)
+        with _connect(target, url, state_dir) as remote:
+            aliases = remote.aliases(name)
+    if as_json:
+        _emit({"function": name, "aliases": aliases})
+        return
+    if not aliases:
+        out.print(f"{name} has no aliases (fnpack alias set {name} live VERSION)", highlight=False, markup=False)
+    for alias, state in sorted(aliases.items()):
+        out.print(f"{alias:<16}{state}", highlight=False, markup=False)
+
+
+@alias_app.command("history")
+def alias_history(
+    name: str = typer.Argument(..., help="The function."),
+    alias: str = typer.Argument(..., help="The alias."),
+    target: str = _target_option(),
+    url: str = _url_option(),
+    state_dir: Path = _state_option(),
+    as_json: bool = _json_option(),
+) -> None:
+    """Every move of an alias, oldest first: when, who, from, to, why."""
+    with handle_errors(as_json):
+        name, alias = _function_name(name), _alias_name(name, alias)
+        with _connect(target, url, state_dir) as remote:
+            history = remote.history(name, alias)
+    if as_json:
+        _emit({"function": name, "alias": alias, "history": history})
+        return
+    if not history:
+        out.print(f"{name}:{alias} has never been set", highlight=False, markup=False)
+    for index, move in enumerate(history):
+        undoes = f"  (rollback of #{move.undoes})" if move.undoes is not None else ""
+        out.print(f"#{index:<3}{move.at:<26}{move.actor:<24}{_move_text(move)}{undoes}", highlight=False, markup=False)
+
+
+@app.command()
+def rollback(
+    name: str = typer.Argument(..., help="The function."),
+    alias: str = typer.Argument("live", help="The alias to move back."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
+    target: str = _target_option(),
+    url: str = _url_option(),
+    state_dir: Path = _state_option(),
+    as_json: bool = _json_option(),
+) -> None:
+    """Restore an alias to where it was before its last move; again to go one further back."""
+    with handle_errors(as_json):
+        name, alias = _function_name(name), _alias_name(name, alias)
+        with _connect(target, url, state_dir) as remote:
+            move = remote.rollback(name, alias, reason)
+    if as_json:
+        _emit({"function": name, "alias": alias, "move": move})
+        return
+    out.print(f"{name}:{alias} rolled back: {_move_text(move)}", highlight=False, markup=False)
+
+
+@app.command()
+def logs(
+    name: str = typer.Argument(..., help="The function."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until interrupted."),
+    tail: int = typer.Option(100, "--tail", "-n", help="Start with the last N lines."),
+    target: str = _target_option(),
+    url: str = _url_option(),
+    state_dir: Path = _state_option(),
+    as_json: bool = _json_option(),
+) -> None:
+    """Print a function's logs (its workers' output)."""
+    from fnpack.errors import UsageError
+
+    with handle_errors(as_json):
+        name = _function_name(name)
+        if tail < 0:
+            raise UsageError(f"--tail {tail}: expected 0 or more lines")
+        if as_json and follow:
+            raise UsageError("--json cannot be combined with --follow", hint="drop --json to stream the logs")
+        with _connect(target, url, state_dir) as remote:
+            if as_json:
+                text = "".join(remote.logs(name, tail, False))
+                _emit({"function": name, "lines": text.splitlines()})
+                return
+            try:
+                for chunk in remote.logs(name, tail, follow):
+                    sys.stdout.write(chunk)
+                    sys.stdout.flush()
+            except KeyboardInterrupt:
+                pass
+
+
+@app.command()
+def up(
+    path: Path = typer.Argument(Path("."), help="The function folder (holding fnpack.yaml)."),
+    invoke_token: Optional[str] = _invoke_token_option(),
+    url: str = _url_option(),
+    state_dir: Path = _state_option(),
+    as_json: bool = _json_option(),
+) -> None:
+    """Quickstart: build, start a platform if none answers, deploy as live, call the samples, show how to call it.
+
+    It prints the invoke URL, a curl command and a Python snippet using the first sample.
+
+    A platform it starts runs in the background: its output goes to STATE_DIR/gateway.log and its
+    process id to STATE_DIR/gateway.pid (stop it with `kill $(cat .fnpack/gateway.pid)`).
+    """
+    import shlex
+
+    from fnpack.build.smoke import subset
+    from fnpack.versions import Qualifier
+
+    with handle_errors(as_json):
+        from fnpack.build.pipeline import load_samples
+        from fnpack.platform.launch import ensure_platform
+        from fnpack.build.pipeline import build as run_build
+        from fnpack.spec import load_project
+
+        project = load_project(path)
+        samples = load_samples(project)
+        with build_progress(enabled=not as_json) as progress:
+            built = run_build(path, target="local", progress=progress)
+        if not as_json:
+            out.print(f"built     {built.archive}", highlight=False, markup=False)
+        with _connect("local", url, state_dir, invoke_token) as remote:
+            platform = ensure_platform(remote, state_dir, invoke_token,
+                                       say=(lambda _: None) if as_json else _say)
+            result = remote.deploy(built.archive, "live", "fnpack up")
+            if not as_json:
+                moved = f"; live: {_move_text(result.move)}" if result.move else f"; live already at v{result.version.number}"
+                out.print(f"deployed  {result.version.function} v{result.version.number} "
+                          f"({'new version' if result.created else 'already deployed'}){moved}", highlight=False, markup=False)
+            answers = []
+            for i, sample in enumerate(samples, 1):
+                answer = remote.invoke(Qualifier(result.version.function), sample["data"])
+                matches = sample.get("expect") is None or subset(sample["expect"], answer.body)
+                answers.append({"sample": i, "request": sample["data"], "answer": answer.body,
+                                "version": answer.version, "matches_expect": matches})
+                if not as_json:
+                    mark = "" if sample.get("expect") is None else ("  [green]ok[/]" if matches else
+                                                                   "  [yellow]differs from expect[/]")
+                    out.print(f"sample {i:<3}{escape(json.dumps(answer.body))}{mark}", highlight=False)
+    invoke_url = result.url
+    example = samples[0]["data"] if samples else {}
+    auth = ["-H", f"Authorization: Bearer {invoke_token}"] if invoke_token else []
+    curl = shlex.join(["curl", "-s", invoke_url, "-H", "Content-Type: application/json", *auth, "-d",
+                       json.dumps(example)])
+    headers = f", headers={{'Authorization': 'Bearer {invoke_token}'}}" if invoke_token else ""
+    python = f"import httpx\nprint(httpx.post({invoke_url!r}, json={example!r}{headers}).json())"
+    if as_json:
+        _emit({"build": {"archive": str(built.archive), "sha256": built.sha256}, "platform": platform,
+               **result.to_dict(), "samples": answers, "invoke_url": invoke_url, "curl": curl, "python": python})
+        return
+    out.print(f"invoke    {invoke_url}\n\n  {curl}\n\n" + "\n".join(f"  {line}" for line in python.splitlines()) +
+              "\n", highlight=False, markup=False)
+    if platform["started"]:
+        out.print(f"the platform runs in the background (pid {platform['pid']}, log {platform['log']}); "
+                  f"stop it with: kill $(cat {platform['pid_file']})", highlight=False, markup=False)
+
+
+def _say(line: str) -> None:
+    out.print(line, highlight=False, markup=False)
