@@ -16,11 +16,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fnpack.errors import ArchiveError, NotFoundError
+from fnpack.errors import ArchiveError, FnpackError, NotFoundError
 from fnpack.fetch import unpack_archive
 from fnpack.platform.metrics import GatewayMetrics
 from fnpack.platform.registry import Registry
-from fnpack.platform.workers import Scaling, VersionPool, WorkerPool
+from fnpack.platform.workers import Scaling, VersionPool, WorkerPool, log_line
 from fnpack.platform.zygote import dependency_key
 from fnpack.versions import DEFAULT_ALIAS, AliasMove, AliasState, Qualifier, Version, WeightedRouter
 
@@ -53,8 +53,14 @@ class LocalPlatform:
         for leftover in self.incoming.iterdir():  # uploads cut short by a crash
             leftover.unlink(missing_ok=True)
         self.workers.start_reaper()
+        loop = asyncio.get_running_loop()
         for name in self.registry.functions():
-            self._apply_min(name)
+            try:
+                self._apply_min(name)
+            except FnpackError as exc:  # e.g. an archive missing from the store: say so, serve the rest
+                log_line(self.workers.log_path(name), f"{name}: cannot keep workers warm: {exc.message}")
+            for number in {n for state in self.registry.aliases(name).values() for n in state.versions}:
+                loop.create_task(self._prewarm(name, number))  # a restart keeps first requests fast
 
     async def stop(self) -> None:
         await self.workers.close()
