@@ -40,12 +40,19 @@ class _Parser:
     """httptools callbacks collecting one response."""
 
     def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.complete = False
+        self.keep_alive = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        # Only valid here: httptools answers False once the message is complete, which
+        # would close (and reopen) the worker connection on every request.
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
@@ -81,7 +88,7 @@ class Connection:
         head.append(b"\r\n")
         self.writer.write(b"".join(head) + body)
         parsed = _Parser()
-        parser = httptools.HttpResponseParser(parsed)
+        parser = parsed.parser
         received = False
         while not parsed.complete:
             try:
@@ -95,8 +102,7 @@ class Connection:
                 parser.feed_data(data)
             except httptools.HttpParserError as exc:
                 raise UpstreamClosed(f"malformed response ({exc})", True) from None
-        return Response(parser.get_status_code(), parsed.headers, b"".join(parsed.chunks),
-                        parser.should_keep_alive())
+        return Response(parser.get_status_code(), parsed.headers, b"".join(parsed.chunks), parsed.keep_alive)
 
     def close(self) -> None:
         self.writer.close()

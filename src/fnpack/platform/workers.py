@@ -111,11 +111,14 @@ class Zygote:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # onnxruntime's telemetry (on by default in 1.31) runs an uploader thread and keeps a SQLite
+        # database open from import on: neither survives fork(), so the zygote turns it off.
+        env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
         with open(self.stderr, "ab") as stderr:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "fnpack.platform.zygote", "--root", str(self.root),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
-                limit=1 << 20)
+                limit=1 << 20, env=env)
         assert self.process.stdout is not None
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), START_TIMEOUT)
