@@ -20,7 +20,13 @@ app.add_typer(alias_app, name="alias")
 
 
 def _target_option() -> Any:
-    return typer.Option("local", "--target", "-t", envvar="FNPACK_TARGET", help="Where functions live (local).")
+    return typer.Option(None, "--target", "-t", envvar="FNPACK_TARGET", show_default=False,
+                        help="Where functions live: local or aws-lambda [default: `target:` in fnpack.yaml, else local].")
+
+
+def _region_option() -> Any:
+    return typer.Option(None, "--region", show_default=False,
+                        help="aws-lambda: the AWS region [default: FNPACK_LAMBDA_REGION, the spec, AWS_REGION].")
 
 
 def _url_option() -> Any:
@@ -41,10 +47,53 @@ def _json_option() -> Any:
     return typer.Option(False, "--json", help="Print one JSON object.")
 
 
-def _connect(target: str, url: str, state_dir: Path, invoke_token: Optional[str] = None) -> Any:
+def _connect(target: Optional[str], url: str, state_dir: Path, invoke_token: Optional[str] = None,
+             spec_path: Optional[Path] = None, **aws: Any) -> Any:
+    """The target (see `_resolve_target`); `aws` settings (region, role, ...) go to aws-lambda only."""
     from fnpack.targets import get_target
 
-    return get_target(target, url=url, state_dir=state_dir, invoke_token=invoke_token)
+    name = _resolve_target(target, spec_path)
+    extra = {k: v for k, v in aws.items() if v is not None} if name == "aws-lambda" else {}
+    return get_target(name, url=url, state_dir=state_dir, invoke_token=invoke_token, **extra)
+
+
+def _resolve_target(target: Optional[str], spec_path: Optional[Path] = None) -> str:
+    """--target or FNPACK_TARGET; else the spec's `target:` (of the deployed folder or archive, or of
+    ./fnpack.yaml); else local. An unreadable spec means no default: the command reports it later."""
+    if target:
+        return target
+    import yaml
+
+    spec: Any = None
+    path = spec_path if spec_path is not None else Path(".")
+    try:
+        if path.is_file() and path.suffix == ".zip":
+            from fnpack.archive import open_archive
+
+            with open_archive(path) as reader:
+                spec = (reader.manifest() or {}).get("spec")
+        else:
+            spec_file = path / "fnpack.yaml" if path.is_dir() else path
+            spec = yaml.safe_load(spec_file.read_text(encoding="utf-8")) if spec_file.is_file() else None
+    except Exception:  # a broken spec or archive is reported by the command itself
+        spec = None
+    value = spec.get("target") if isinstance(spec, dict) else None
+    return value if isinstance(value, str) and value else "local"
+
+
+def _env_pairs(pairs: Optional[list[str]]) -> Optional[dict[str, str]]:
+    """--env KEY=VALUE options as a mapping (None when none were given)."""
+    from fnpack.errors import UsageError
+
+    if not pairs:
+        return None
+    environment = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {pair!r} is not KEY=VALUE", hint="e.g. --env LOG_LEVEL=debug")
+        environment[key] = value
+    return environment
 
 
 def _function_name(text: str) -> str:
@@ -147,17 +196,35 @@ def deploy(
     no_promote: bool = typer.Option(False, "--no-promote", help="Deploy the version; move no alias."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
-    target: str = _target_option(),
+    target: Optional[str] = _target_option(),
     url: str = _url_option(),
     state_dir: Path = _state_option(),
+    region: Optional[str] = _region_option(),
+    role: Optional[str] = typer.Option(None, "--role", show_default=False,
+                                       help="aws-lambda: execution role ARN [default: FNPACK_LAMBDA_ROLE, the spec]."),
+    bucket: Optional[str] = typer.Option(None, "--bucket", show_default=False,
+                                         help="aws-lambda: S3 bucket for big archives and the shared alias history "
+                                              "[default: FNPACK_LAMBDA_BUCKET, the spec]."),
+    function_url: Optional[str] = typer.Option(None, "--function-url", show_default=False,
+                                               help="aws-lambda: give the alias a Function URL with this auth type, "
+                                                    "NONE or AWS_IAM (--url is the local platform's address)."),
+    memory: Optional[int] = typer.Option(None, "--memory", show_default=False,
+                                         help="aws-lambda: memory in MB [default: the spec's resources.memory]."),
+    timeout: Optional[int] = typer.Option(None, "--timeout", show_default=False,
+                                          help="aws-lambda: timeout in seconds [default: resources.timeout]."),
+    env: Optional[list[str]] = typer.Option(None, "--env", show_default=False,
+                                            help="aws-lambda: an environment variable KEY=VALUE (repeatable)."),
     as_json: bool = _json_option(),
 ) -> None:
     """Deploy a function as a new version (the same archive again gives the existing one) and promote it."""
     with handle_errors(as_json):
         if not no_promote:
             _alias_name("fn", alias)
-        with _connect(target, url, state_dir) as remote:  # an unavailable target fails before building
-            archive, built = _archive_for(path, target, as_json)
+        aws = {"region": region, "role": role, "bucket": bucket, "function_url": function_url, "memory": memory,
+               "timeout": timeout, "environment": _env_pairs(env)}
+        # an unavailable target fails before building
+        with _connect(target, url, state_dir, spec_path=path, **aws) as remote:
+            archive, built = _archive_for(path, remote.name, as_json)
             plan = remote.plan_deploy(archive, None if no_promote else alias, reason)
             if dry_run:
                 if as_json:
@@ -210,9 +277,10 @@ def invoke(
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="--batch: where the answers go (JSON Lines)."),
     concurrency: int = typer.Option(8, "--concurrency", "-c", help="--batch: requests in flight at once."),
     invoke_token: Optional[str] = _invoke_token_option(),
-    target: str = _target_option(),
+    target: Optional[str] = _target_option(),
     url: str = _url_option(),
     state_dir: Path = _state_option(),
+    region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Call a deployed function and print its answer; or score a file with --batch.
@@ -234,10 +302,10 @@ def invoke(
         if batch is not None:
             assert out_path is not None
             _invoke_batch(parsed, batch, out_path, concurrency, as_json,
-                          _connect(target, url, state_dir, invoke_token))
+                          _connect(target, url, state_dir, invoke_token, region=region))
             return
         payload = _read_payload(data, file)
-        with _connect(target, url, state_dir, invoke_token) as remote:
+        with _connect(target, url, state_dir, invoke_token, region=region) as remote:
             answer = remote.invoke(parsed, payload)
     if as_json:
         _emit({"qualifier": str(parsed), "version": answer.version, "answer": answer.body})
@@ -286,13 +354,14 @@ def _invoke_batch(qualifier: Any, source: Path, out_path: Path, concurrency: int
 
 @app.command("ls")
 def list_functions(
-    target: str = _target_option(),
+    target: Optional[str] = _target_option(),
     url: str = _url_option(),
     state_dir: Path = _state_option(),
+    region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """List the deployed functions with their versions and aliases."""
-    with handle_errors(as_json), _connect(target, url, state_dir) as remote:
+    with handle_errors(as_json), _connect(target, url, state_dir, region=region) as remote:
         functions = remote.functions()
     if as_json:
         _emit({"functions": functions})
@@ -309,15 +378,16 @@ def list_functions(
 @app.command()
 def versions(
     name: str = typer.Argument(..., help="The function."),
-    target: str = _target_option(),
+    target: Optional[str] = _target_option(),
     url: str = _url_option(),
     state_dir: Path = _state_option(),
+    region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """List a function's versions: number, archive sha256, when, who, and the aliases using each."""
     with handle_errors(as_json):
         name = _function_name(name)
-        with _connect(target, url, state_dir) as remote:
+        with _connect(target, url, state_dir, region=region) as remote:
             found = remote.versions(name)
             aliases = remote.aliases(name)
     users = {v.number: sorted(a for a, s in aliases.items() if v.number in s.versions) for v in found}
@@ -333,9 +403,10 @@ def versions(
 @app.command()
 def delete(
     qualifier: str = typer.Argument(..., help="NAME (the function, its versions and aliases) or NAME:VERSION."),
-    target: str = _target_option(),
+    target: Optional[str] = _target_option(),
     url: str = _url_option(),
     state_dir: Path = _state_option(),
+    region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Delete a version (refused while an alias uses it) or a whole function."""
@@ -347,7 +418,7 @@ def delete(
         if parsed.alias:
             raise UsageError(f"{qualifier!r}: delete takes NAME or NAME:VERSION, not an alias",
                              hint=f"`fnpack versions {parsed.name}` shows which version {parsed.alias} uses")
-        with _connect(target, url, state_dir) as remote:
+        with _connect(target, url, state_dir, region=region) as remote:
             deleted = remote.delete(parsed.name, parsed.version)
     if as_json:
         _emit({"deleted": deleted})
@@ -365,9 +436,10 @@ def alias_set(
     canary: Optional[str] = typer.Option(None, "--canary", help="A second version that gets --weight of traffic."),
     weight: Optional[float] = typer.Option(None, "--weight", help="The canary's share of traffic, in [0, 1]."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
-    target: str = _target_option(),
+    target: Optional[str] = _target_option(),
     url: str = _url_option(),
     state_dir: Path = _state_option(),
+    region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Point an alias at a version, or split it between a primary and a canary version."""
@@ -383,7 +455,7 @@ def alias_set(
         if canary_number is None and weight is not None:
             raise UsageError("--weight needs --canary", hint="e.g. --canary 3 --weight 0.1 sends 10% to v3")
         state = AliasState(primary, canary_number, weight or 0.0)
-        with _connect(target, url, state_dir) as remote:
+        with _connect(target, url, state_dir, region=region) as remote:
             move = remote.set_alias(name, alias, state, reason)
     if as_json:
         _emit({"function": name, "alias": alias, "move": move})
@@ -394,15 +466,16 @@ def alias_set(
 @alias_app.command("list")
 def alias_list(
     name: str = typer.Argument(..., help="The function."),
-    target: str = _target_option(),
+    target: Optional[str] = _target_option(),
     url: str = _url_option(),
     state_dir: Path = _state_option(),
+    region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """List a function's aliases and where each sends traffic."""
     with handle_errors(as_json):
         name = _function_name(name)
-        with _connect(target, url, state_dir) as remote:
+        with _connect(target, url, state_dir, region=region) as remote:
             aliases = remote.aliases(name)
     if as_json:
         _emit({"function": name, "aliases": aliases})
@@ -417,15 +490,16 @@ def alias_list(
 def alias_history(
     name: str = typer.Argument(..., help="The function."),
     alias: str = typer.Argument(..., help="The alias."),
-    target: str = _target_option(),
+    target: Optional[str] = _target_option(),
     url: str = _url_option(),
     state_dir: Path = _state_option(),
+    region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Every move of an alias, oldest first: when, who, from, to, why."""
     with handle_errors(as_json):
         name, alias = _function_name(name), _alias_name(name, alias)
-        with _connect(target, url, state_dir) as remote:
+        with _connect(target, url, state_dir, region=region) as remote:
             history = remote.history(name, alias)
     if as_json:
         _emit({"function": name, "alias": alias, "history": history})
@@ -442,15 +516,16 @@ def rollback(
     name: str = typer.Argument(..., help="The function."),
     alias: str = typer.Argument("live", help="The alias to move back."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
-    target: str = _target_option(),
+    target: Optional[str] = _target_option(),
     url: str = _url_option(),
     state_dir: Path = _state_option(),
+    region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Restore an alias to where it was before its last move; again to go one further back."""
     with handle_errors(as_json):
         name, alias = _function_name(name), _alias_name(name, alias)
-        with _connect(target, url, state_dir) as remote:
+        with _connect(target, url, state_dir, region=region) as remote:
             move = remote.rollback(name, alias, reason)
     if as_json:
         _emit({"function": name, "alias": alias, "move": move})
@@ -463,9 +538,10 @@ def logs(
     name: str = typer.Argument(..., help="The function."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until interrupted."),
     tail: int = typer.Option(100, "--tail", "-n", help="Start with the last N lines."),
-    target: str = _target_option(),
+    target: Optional[str] = _target_option(),
     url: str = _url_option(),
     state_dir: Path = _state_option(),
+    region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Print a function's logs (its workers' output)."""
@@ -477,7 +553,7 @@ def logs(
             raise UsageError(f"--tail {tail}: expected 0 or more lines")
         if as_json and follow:
             raise UsageError("--json cannot be combined with --follow", hint="drop --json to stream the logs")
-        with _connect(target, url, state_dir) as remote:
+        with _connect(target, url, state_dir, region=region) as remote:
             if as_json:
                 text = "".join(remote.logs(name, tail, False))
                 _emit({"function": name, "lines": text.splitlines()})

@@ -278,6 +278,7 @@ class Gateway:
         self.platform = platform
         self.invoke_token = invoke_token
         self.control = control_api(platform, token)
+        self._qualifiers: dict[str, Qualifier] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -291,11 +292,15 @@ class Gateway:
     async def _invoke(self, scope: Scope, receive: Receive, send: Send, target: str) -> None:
         if scope["method"] != "POST":
             return await _send_error(send, 405, "method_not_allowed", f"{scope['method']} is not allowed; use POST")
-        try:
-            qualifier = Qualifier.parse(unquote(target))
-        except UsageError as exc:
-            return await _send(send, 400, error_body(exc))
-        await self._forward(scope, receive, send, qualifier, b"/invoke", lambda _: b"/invoke")
+        qualifier = self._qualifiers.get(target)
+        if qualifier is None:
+            try:
+                qualifier = Qualifier.parse(unquote(target))
+            except UsageError as exc:
+                return await _send(send, 400, error_body(exc))
+            if len(self._qualifiers) < 10_000:  # parsed once per distinct target, not per request
+                self._qualifiers[target] = qualifier
+        await self._forward(scope, receive, send, qualifier, b"/invoke", _invoke_path)
 
     async def _oip(self, scope: Scope, receive: Receive, send: Send, rest: str) -> None:
         parts = rest.rstrip("/").split("/")
@@ -342,6 +347,10 @@ class Gateway:
         extra += [(b"x-fnpack-function", pool.function.encode()), (b"x-fnpack-version", str(pool.number).encode())]
         await _send(send, status, payload, extra)
         platform.metrics.observe(pool.function, str(pool.number), route.alias, status, time.perf_counter() - began)
+
+
+def _invoke_path(_: int) -> bytes:
+    return b"/invoke"
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

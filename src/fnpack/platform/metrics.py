@@ -3,6 +3,8 @@ import time does not matter, unlike the runtime inside archives, whose metrics a
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LABELS = ("function", "version", "alias")
@@ -26,12 +28,27 @@ class GatewayMetrics:
                                        ("function", "version"), registry=self.registry,
                                        buckets=(.025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
         self.workers = Gauge("fnpack_workers", "Running workers.", ("function", "version"), registry=self.registry)
+        self._children: dict[tuple[str, str, str, int], tuple[Any, Any, Any]] = {}
 
     def observe(self, function: str, version: str, alias: str, status: int, seconds: float) -> None:
-        self.requests.labels(function, version, alias, str(status)).inc()
-        if status >= 500:
-            self.errors.labels(function, version, alias).inc()
-        self.latency.labels(function, version, alias).observe(seconds)
+        # labels() takes a lock and hashes its arguments: keep the children per label set instead,
+        # since this runs on every request.
+        key = (function, version, alias, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(function, version, alias, str(status)),
+                self.errors.labels(function, version, alias) if status >= 500 else None,
+                self.latency.labels(function, version, alias))
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
+
+    def forget(self, function: str) -> None:
+        """Drop a deleted function's cached children (its series stay until the restart)."""
+        self._children = {k: v for k, v in self._children.items() if k[0] != function}
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -124,6 +124,7 @@ class LocalPlatform:
                 for key in [k for k in self._routers if k[0] == name]:
                     del self._routers[key]
         self.workers.remove(name, number)
+        self.metrics.forget(name)
         return deleted
 
     def _apply_min(self, name: str) -> None:
