@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -42,7 +41,7 @@ def test_kept_alive_connections_are_reused_and_closed_ones_are_not(tmp_path: Pat
         accepted: list[int] = []
         replies = [ok, ok, chunked, ok, close, ok]
         server = await _serve(tmp_path / "w.sock", replies, accepted)
-        worker = Worker(pid=0, socket=str(tmp_path / "w.sock"), started_at=time.monotonic())
+        worker = Worker(pid=0, socket=str(tmp_path / "w.sock"))
         answers = []
         for _ in range(6):
             conn = await worker.connection()
@@ -60,7 +59,7 @@ def test_kept_alive_connections_are_reused_and_closed_ones_are_not(tmp_path: Pat
 def test_a_worker_dying_with_the_request_is_reported(tmp_path: Path) -> None:
     async def main() -> None:
         server = await _serve(tmp_path / "w.sock", [b""], [])
-        worker = Worker(pid=0, socket=str(tmp_path / "w.sock"), started_at=time.monotonic())
+        worker = Worker(pid=0, socket=str(tmp_path / "w.sock"))
         conn = await worker.connection()
         with pytest.raises(UpstreamClosed) as caught:
             await conn.request(b"POST", b"/invoke", [], b"{}")

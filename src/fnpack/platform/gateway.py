@@ -342,7 +342,7 @@ class Gateway:
                                                       path + (b"?" + query if query else b""), headers, body)
             status, payload = response.status, response.body
             extra = [(k, v) for k, v in response.headers if k not in HOP_BY_HOP]
-        except (WorkerLost, UpstreamTimeout, StartError, NotFoundError) as exc:
+        except (WorkerLost, UpstreamTimeout, StartError) as exc:
             status, payload, extra = status_of(exc), error_body(exc), [(b"content-type", b"application/json")]
         extra += [(b"x-fnpack-function", pool.function.encode()), (b"x-fnpack-version", str(pool.number).encode())]
         await _send(send, status, payload, extra)

@@ -65,7 +65,6 @@ class Scaling:
 class Worker:
     pid: int
     socket: str
-    started_at: float
     in_flight: int = 0
     last_used: float = field(default_factory=time.monotonic)
     idle: list[tuple[Connection, float]] = field(default_factory=list)
@@ -392,11 +391,10 @@ class WorkerPool:
         zygote = await self.zygote(pool.key, pool.root)
         self._spawned += 1
         socket_path = str(self.run_dir / f"w{self._spawned}.sock")
-        began = time.monotonic()
         pid = await zygote.spawn(self._spawned, {
             "root": str(pool.root), "socket": socket_path, "log": str(pool.log), "label": pool.label,
             "env": {"FNPACK_MODEL_VERSION": str(pool.number), "FNPACK_FUNCTION": pool.function}})
-        worker = Worker(pid, socket_path, began)
+        worker = Worker(pid, socket_path)
         self._owners[pid] = (pool, worker)
         return worker
 
