@@ -46,7 +46,8 @@ def test_schema_lists_every_key():
     schema = json.loads(result.stdout)
     assert result.code == 0
     assert {"name", "model", "features", "score", "inputs", "runtime", "arch", "requirements", "include", "exclude",
-            "resources", "scaling", "batching", "samples", "budget"} == set(schema["properties"])
+            "resources", "scaling", "batching", "samples", "budget", "target", "aws_lambda"} == set(schema["properties"])
+    assert schema["properties"]["target"]["default"] is None
     assert schema["required"] == ["name", "model"]
 
 
@@ -67,6 +68,15 @@ def test_examples_are_valid(example):
     ({"samples": [{"data": {}, "file": "x.json"}]}, "exactly one of 'data' or 'file'"),
     ({"resources": {"gpus": 1}}, "resources.gpus: unknown key; did you mean 'gpu'?"),
     ({"inputs": [{"name": "x", "dtype": "float", "shape": [1]}]}, "inputs.0.dtype: Input should be"),
+    ({"target": "gcp"}, "target: Input should be 'local', 'aws-lambda', 'knative' or 'openfaas'"),
+    ({"aws_lambda": {"regoin": "eu-west-1"}}, "aws_lambda.regoin: unknown key; did you mean 'region'?"),
+    ({"aws_lambda": {"role": "fnpack-role"}}, "'fnpack-role' is not an IAM role ARN"),
+    ({"aws_lambda": {"bucket": "No_Such"}}, "'No_Such' is not an S3 bucket name"),
+    ({"aws_lambda": {"region": "Europe"}}, "'Europe' is not an AWS region name"),
+    ({"aws_lambda": {"memory": 64}}, "aws_lambda.memory: Input should be greater than or equal to 128"),
+    ({"aws_lambda": {"function_url": "PUBLIC"}}, "aws_lambda.function_url: Input should be 'NONE' or 'AWS_IAM'"),
+    ({"aws_lambda": {"environment": {"AWS_REGION": "x"}}}, "'AWS_REGION' is reserved by AWS Lambda"),
+    ({"aws_lambda": {"arch": "arm64"}}, "arch arm64 differs from the top-level arch (x86_64)"),
 ])
 def test_invalid_values_are_named(changes, message):
     with pytest.raises(SpecError) as caught:
@@ -90,3 +100,15 @@ def test_spec_that_is_not_a_mapping(tmp_path):
 def test_sizes_accept_units():
     spec = parse_spec({"name": "iris", "model": "m.onnx", "budget": {"zipped": "45MB", "unzipped": "1GiB"}})
     assert spec.budget.zipped == 45_000_000 and spec.budget.unzipped == 2**30
+
+
+def test_aws_lambda_section_and_default_target():
+    spec = parse_spec({"name": "iris", "model": "m.onnx", "arch": "arm64", "target": "aws-lambda",
+                       "aws_lambda": {"region": "eu-west-1", "role": "arn:aws:iam::123456789012:role/fnpack",
+                                      "bucket": "my-artifacts", "memory": 1024, "timeout": 60, "arch": "arm64",
+                                      "environment": {"LOG_LEVEL": "info"}, "function_url": "AWS_IAM"}})
+    assert spec.target == "aws-lambda"
+    assert spec.aws_lambda.region == "eu-west-1" and spec.aws_lambda.memory == 1024
+    assert spec.aws_lambda.environment == {"LOG_LEVEL": "info"} and spec.aws_lambda.function_url == "AWS_IAM"
+    plain = parse_spec({"name": "iris", "model": "m.onnx"})
+    assert plain.target is None and plain.aws_lambda.role is None and plain.aws_lambda.environment == {}

@@ -21,12 +21,12 @@ app.add_typer(alias_app, name="alias")
 
 def _target_option() -> Any:
     return typer.Option(None, "--target", "-t", envvar="FNPACK_TARGET", show_default=False,
-                        help="Where functions live: local or aws-lambda [default: `target:` in fnpack.yaml, else local].")
+                        help="Where functions live: local or aws-lambda (default: `target:` in fnpack.yaml, else local).")
 
 
 def _region_option() -> Any:
     return typer.Option(None, "--region", show_default=False,
-                        help="aws-lambda: the AWS region [default: FNPACK_LAMBDA_REGION, the spec, AWS_REGION].")
+                        help="aws-lambda: the AWS region (default: FNPACK_LAMBDA_REGION, the spec, AWS_REGION).")
 
 
 def _url_option() -> Any:
@@ -201,22 +201,26 @@ def deploy(
     state_dir: Path = _state_option(),
     region: Optional[str] = _region_option(),
     role: Optional[str] = typer.Option(None, "--role", show_default=False,
-                                       help="aws-lambda: execution role ARN [default: FNPACK_LAMBDA_ROLE, the spec]."),
+                                       help="aws-lambda: execution role ARN (default: FNPACK_LAMBDA_ROLE, the spec)."),
     bucket: Optional[str] = typer.Option(None, "--bucket", show_default=False,
                                          help="aws-lambda: S3 bucket for big archives and the shared alias history "
-                                              "[default: FNPACK_LAMBDA_BUCKET, the spec]."),
+                                              "(default: FNPACK_LAMBDA_BUCKET, the spec)."),
     function_url: Optional[str] = typer.Option(None, "--function-url", show_default=False,
                                                help="aws-lambda: give the alias a Function URL with this auth type, "
                                                     "NONE or AWS_IAM (--url is the local platform's address)."),
     memory: Optional[int] = typer.Option(None, "--memory", show_default=False,
-                                         help="aws-lambda: memory in MB [default: the spec's resources.memory]."),
+                                         help="aws-lambda: memory in MB (default: the spec's resources.memory)."),
     timeout: Optional[int] = typer.Option(None, "--timeout", show_default=False,
-                                          help="aws-lambda: timeout in seconds [default: resources.timeout]."),
+                                          help="aws-lambda: timeout in seconds (default: resources.timeout)."),
     env: Optional[list[str]] = typer.Option(None, "--env", show_default=False,
                                             help="aws-lambda: an environment variable KEY=VALUE (repeatable)."),
     as_json: bool = _json_option(),
 ) -> None:
-    """Deploy a function as a new version (the same archive again gives the existing one) and promote it."""
+    """Deploy a function as a new version (the same archive again gives the existing one) and promote it.
+
+    On aws-lambda, --function-url NONE|AWS_IAM gives the promoted alias a Function URL (printed after the
+    deploy); it is a separate flag because --url already names the local platform's address.
+    """
     with handle_errors(as_json):
         if not no_promote:
             _alias_name("fn", alias)
