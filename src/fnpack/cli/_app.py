@@ -20,6 +20,15 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+def say(text: str) -> None:
+    """One line of plain output: no markup, no highlighting (names and JSON print as they are)."""
+    out.print(text, highlight=False, markup=False)
+
+
+def say_err(text: str) -> None:
+    err.print(text, highlight=False, markup=False)
+
+
 def main() -> None:
     app()
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from fnpack.cli._app import app, build_progress, err, handle_errors, out
+from fnpack.cli._app import app, build_progress, err, handle_errors, out, say, say_err
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 alias_app = typer.Typer(help="Point aliases at versions, with an optional canary; list them; show their history.",
@@ -179,7 +179,7 @@ def _archive_for(path: Path, target: str, as_json: bool) -> tuple[Path, Any]:
         with build_progress(enabled=not as_json) as progress:
             result = run_build(path, target=target, progress=progress)
         if not as_json:
-            err.print(f"built    {result.archive}", highlight=False, markup=False)
+            say_err(f"built    {result.archive}")
         return result.archive, result
     if path.is_file() and path.suffix == ".zip":
         return path, None
@@ -234,9 +234,9 @@ def deploy(
                 if as_json:
                     _emit({"dry_run": True, "plan": plan.to_dict()})
                     return
-                out.print(f"plan for {plan.function} on {plan.target} (dry run: nothing changed)", highlight=False, markup=False)
+                say(f"plan for {plan.function} on {plan.target} (dry run: nothing changed)")
                 for step in plan.steps:
-                    out.print(f"  {step.action:<14}{step.summary}", highlight=False, markup=False)
+                    say(f"  {step.action:<14}{step.summary}")
                 return
             result = remote.execute(plan)
     if as_json:
@@ -244,15 +244,15 @@ def deploy(
                "build": {"archive": str(built.archive), "sha256": built.sha256} if built else None})
         return
     version = result.version
-    out.print(f"deployed {version.function} v{version.number} " +
-              ("(new version)" if result.created else "(this archive was already deployed)"), highlight=False, markup=False)
+    say(f"deployed {version.function} v{version.number} " +
+        ("(new version)" if result.created else "(this archive was already deployed)"))
     if result.alias is None:
-        out.print("alias    none moved (--no-promote)", highlight=False, markup=False)
+        say("alias    none moved (--no-promote)")
     elif result.move is None:
-        out.print(f"alias    {result.alias} already at v{version.number}", highlight=False, markup=False)
+        say(f"alias    {result.alias} already at v{version.number}")
     else:
-        out.print(f"alias    {result.alias}: {_move_text(result.move)}", highlight=False, markup=False)
-    out.print(f"invoke   {result.url}", highlight=False, markup=False)
+        say(f"alias    {result.alias}: {_move_text(result.move)}")
+    say(f"invoke   {result.url}")
 
 
 def _read_payload(data: Optional[str], file: Optional[Path]) -> Any:
@@ -347,10 +347,10 @@ def _invoke_batch(qualifier: Any, source: Path, out_path: Path, concurrency: int
             raise typer.Exit(BatchError.exit_code)
         return
     if shown > 20:
-        err.print(f"... and {shown - 20} more failed record(s)", highlight=False, markup=False)
+        say_err(f"... and {shown - 20} more failed record(s)")
     rate = f", {summary.records / summary.seconds:.0f}/s" if summary.seconds else ""
-    err.print(f"scored {summary.records} record(s) in {summary.seconds:.1f} s{rate}: {summary.ok} ok, "
-              f"{summary.failed} failed -> {summary.out}", highlight=False, markup=False)
+    say_err(f"scored {summary.records} record(s) in {summary.seconds:.1f} s{rate}: {summary.ok} ok, "
+            f"{summary.failed} failed -> {summary.out}")
     if summary.failed:
         raise BatchError(f"{summary.failed} of {summary.records} record(s) failed; their lines in {summary.out} "
                          "hold {\"error\", \"line\"}")
@@ -371,12 +371,12 @@ def list_functions(
         _emit({"functions": functions})
         return
     if not functions:
-        out.print("no functions deployed yet (fnpack deploy PATH)", highlight=False, markup=False)
+        say("no functions deployed yet (fnpack deploy PATH)")
         return
-    out.print(f"{'NAME':<24}{'VERSIONS':>9}{'LATEST':>8}  ALIASES", highlight=False, markup=False)
+    say(f"{'NAME':<24}{'VERSIONS':>9}{'LATEST':>8}  ALIASES")
     for f in functions:
         aliases = ", ".join(f"{a} -> {s}" for a, s in sorted(f.aliases.items())) or "-"
-        out.print(f"{f.name:<24}{f.versions:>9}{'v' + str(f.latest):>8}  {aliases}", highlight=False, markup=False)
+        say(f"{f.name:<24}{f.versions:>9}{'v' + str(f.latest):>8}  {aliases}")
 
 
 @app.command()
@@ -398,10 +398,10 @@ def versions(
     if as_json:
         _emit({"function": name, "versions": [{**_jsonable(v), "aliases": users[v.number]} for v in found]})
         return
-    out.print(f"{'VERSION':<9}{'SHA256':<14}{'CREATED':<26}{'BY':<24}ALIASES", highlight=False, markup=False)
+    say(f"{'VERSION':<9}{'SHA256':<14}{'CREATED':<26}{'BY':<24}ALIASES")
     for v in found:
-        out.print(f"{'v' + str(v.number):<9}{v.sha256[:12]:<14}{v.created_at:<26}{v.actor:<24}"
-                  f"{', '.join(users[v.number]) or '-'}", highlight=False, markup=False)
+        say(f"{'v' + str(v.number):<9}{v.sha256[:12]:<14}{v.created_at:<26}{v.actor:<24}"
+            f"{', '.join(users[v.number]) or '-'}")
 
 
 @app.command()
@@ -428,8 +428,7 @@ def delete(
         _emit({"deleted": deleted})
         return
     numbers = ", ".join(f"v{v.number}" for v in deleted)
-    out.print(f"deleted {parsed.name} " + (numbers if parsed.version else f"(all versions: {numbers})"),
-              highlight=False, markup=False)
+    say(f"deleted {parsed.name} " + (numbers if parsed.version else f"(all versions: {numbers})"))
 
 
 @alias_app.command("set")
@@ -464,7 +463,7 @@ def alias_set(
     if as_json:
         _emit({"function": name, "alias": alias, "move": move})
         return
-    out.print(f"{name}:{alias}  {_move_text(move)}", highlight=False, markup=False)
+    say(f"{name}:{alias}  {_move_text(move)}")
 
 
 @alias_app.command("list")
@@ -485,9 +484,9 @@ def alias_list(
         _emit({"function": name, "aliases": aliases})
         return
     if not aliases:
-        out.print(f"{name} has no aliases (fnpack alias set {name} live VERSION)", highlight=False, markup=False)
+        say(f"{name} has no aliases (fnpack alias set {name} live VERSION)")
     for alias, state in sorted(aliases.items()):
-        out.print(f"{alias:<16}{state}", highlight=False, markup=False)
+        say(f"{alias:<16}{state}")
 
 
 @alias_app.command("history")
@@ -509,10 +508,10 @@ def alias_history(
         _emit({"function": name, "alias": alias, "history": history})
         return
     if not history:
-        out.print(f"{name}:{alias} has never been set", highlight=False, markup=False)
+        say(f"{name}:{alias} has never been set")
     for index, move in enumerate(history):
         undoes = f"  (rollback of #{move.undoes})" if move.undoes is not None else ""
-        out.print(f"#{index:<3}{move.at:<26}{move.actor:<24}{_move_text(move)}{undoes}", highlight=False, markup=False)
+        say(f"#{index:<3}{move.at:<26}{move.actor:<24}{_move_text(move)}{undoes}")
 
 
 @app.command()
@@ -534,7 +533,7 @@ def rollback(
     if as_json:
         _emit({"function": name, "alias": alias, "move": move})
         return
-    out.print(f"{name}:{alias} rolled back: {_move_text(move)}", highlight=False, markup=False)
+    say(f"{name}:{alias} rolled back: {_move_text(move)}")
 
 
 @app.command()
@@ -601,15 +600,15 @@ def up(
         with build_progress(enabled=not as_json) as progress:
             built = run_build(path, target="local", progress=progress)
         if not as_json:
-            out.print(f"built     {built.archive}", highlight=False, markup=False)
+            say(f"built     {built.archive}")
         with _connect("local", url, state_dir, invoke_token) as remote:
             platform = ensure_platform(remote, state_dir, invoke_token,
-                                       say=(lambda _: None) if as_json else _say)
+                                       say=(lambda _: None) if as_json else say)
             result = remote.deploy(built.archive, "live", "fnpack up")
             if not as_json:
                 moved = f"; live: {_move_text(result.move)}" if result.move else f"; live already at v{result.version.number}"
-                out.print(f"deployed  {result.version.function} v{result.version.number} "
-                          f"({'new version' if result.created else 'already deployed'}){moved}", highlight=False, markup=False)
+                say(f"deployed  {result.version.function} v{result.version.number} "
+                    f"({'new version' if result.created else 'already deployed'}){moved}")
             answers = []
             for i, sample in enumerate(samples, 1):
                 answer = remote.invoke(Qualifier(result.version.function), sample["data"])
@@ -631,12 +630,8 @@ def up(
         _emit({"build": {"archive": str(built.archive), "sha256": built.sha256}, "platform": platform,
                **result.to_dict(), "samples": answers, "invoke_url": invoke_url, "curl": curl, "python": python})
         return
-    out.print(f"invoke    {invoke_url}\n\n  {curl}\n\n" + "\n".join(f"  {line}" for line in python.splitlines()) +
-              "\n", highlight=False, markup=False)
+    say(f"invoke    {invoke_url}\n\n  {curl}\n\n" + "\n".join(f"  {line}" for line in python.splitlines()) +
+        "\n")
     if platform["started"]:
-        out.print(f"the platform runs in the background (pid {platform['pid']}, log {platform['log']}); "
-                  f"stop it with: kill $(cat {platform['pid_file']})", highlight=False, markup=False)
-
-
-def _say(line: str) -> None:
-    out.print(line, highlight=False, markup=False)
+        say(f"the platform runs in the background (pid {platform['pid']}, log {platform['log']}); "
+            f"stop it with: kill $(cat {platform['pid_file']})")
