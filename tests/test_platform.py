@@ -118,6 +118,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _all_gone(pids: list[int], timeout: float = 10) -> bool:
+    """Wait up to `timeout` for every process to exit; whether they all did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    return not any(_alive(p) for p in pids)
+
+
 def test_deploy_alias_invoke_and_oip(archives: dict, tmp_path: Path) -> None:
     state = tmp_path / "state"
     with platform(state) as url:
@@ -287,10 +295,7 @@ def test_flood_to_a_cold_function_all_succeed_then_it_scales_to_zero(archives: d
         assert statuses == {200: 200}
         pids = _worker_pids(state, "brief")
         assert 1 <= len(set(pids))  # 32 clients over target_concurrency 8: scaled up, idle ones stopped
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.2)
-        assert not any(_alive(p) for p in pids), "idle workers should stop after idle_timeout (1 s)"
+        assert _all_gone(pids), "idle workers should stop after idle_timeout (1 s)"
         metrics = httpx.get(f"{url}/metrics").text
         assert 'fnpack_workers{function="brief",version="1"} 0.0' in metrics
         assert "stopping worker pid" in (state / "logs" / "brief.log").read_text()
@@ -420,10 +425,7 @@ def test_no_worker_outlives_a_killed_gateway(archives: dict, tmp_path: Path) -> 
         pids = _worker_pids(state, "iris")
         process.kill()
         process.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.1)
-    assert not any(_alive(p) for p in pids)
+    assert _all_gone(pids)
     zygotes = subprocess.run(["pgrep", "-f", f"fnpack.platform.zygote --root {state}"], capture_output=True, text=True)
     assert zygotes.stdout.strip() == ""
 
@@ -439,10 +441,7 @@ def test_delete_stops_workers_and_frees_the_name(archives: dict, tmp_path: Path)
         [pid] = _worker_pids(state, "iris")
         deleted = api.http.delete("/api/v1/functions/iris/versions/2")
         assert deleted.status_code == 200 and deleted.json()["deleted"][0]["number"] == 2
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        assert not _alive(pid)
+        assert _all_gone([pid])
         gone = api.invoke("iris:2")
         assert gone.status_code == 404 and "no version 2" in gone.json()["message"]
         assert api.http.delete("/api/v1/functions/iris").status_code == 200
