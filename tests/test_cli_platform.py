@@ -256,8 +256,11 @@ def test_logs_show_the_functions_output(gw, iris):
     assert lines, "a function that started and answered has log lines"
     assert len(gw.ok("logs", "iris", "--tail", "1")["lines"]) <= 1
     assert gw("logs", "nosuch").code == 12
+    # SIGINT as a terminal's Ctrl-C sends it; restored to its default first, since a test run started in
+    # the background (as CI may be) ignores SIGINT, and an ignored signal stays ignored across exec.
     follow = subprocess.Popen([sys.executable, "-m", "fnpack", "logs", "iris", "--follow", "--tail", "0"],
-                              env={**os.environ, **gw.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              env={**os.environ, **gw.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         time.sleep(3)
         assert follow.poll() is None, "--follow keeps streaming"
