@@ -21,9 +21,8 @@ from fnpack.build.budget import human
 from fnpack.errors import ConflictError, FnpackError, NotFoundError, UsageError
 from fnpack.targets.aws_errors import AccessDeniedError, aws_error, error_parts
 from fnpack.targets.aws_history import BUCKET_TAG, HistoryStore
-from fnpack.targets.aws_settings import (LambdaSettings, check_archive, check_compatible, direct_upload_max,
-                                         read_archive)
-from fnpack.targets.base import Deployment, Plan, Step, actor
+from fnpack.targets.aws_settings import LambdaSettings, check_archive, check_compatible, direct_upload_max
+from fnpack.targets.base import Deployment, Plan, Step, actor, read_deployable
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
 
 if TYPE_CHECKING:
@@ -51,7 +50,7 @@ class LambdaDeployer:
     def plan(self, archive: Path, alias: str | None = "live", reason: str | None = None) -> Plan:
         target = self.target
         archive = Path(archive)
-        manifest, sha256, unzipped = read_archive(archive)
+        manifest, sha256, unzipped = read_deployable(archive, "fnpack build --target aws-lambda")
         spec = manifest.get("spec") or {}
         settings = target.settings.over(LambdaSettings.from_spec(spec).checked(source=f"{archive}'s fnpack.yaml"))
         if settings.region != target.settings.region:  # the spec names the region: clients are made for it

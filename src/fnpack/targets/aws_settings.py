@@ -3,7 +3,7 @@
 - Settings: flags (the target's constructor arguments) win over FNPACK_LAMBDA_* variables, which win over
   the `aws_lambda:` section of the spec inside the archive; memory and timeout default to `resources:`.
   `LambdaSettings` is one such layer; `over` stacks them.
-- Checks: the archive must be intact and built for aws-lambda, on a runtime and architecture Lambda runs,
+- Checks (on an archive `base.read_deployable` found intact): built for aws-lambda, on a runtime and architecture Lambda runs,
   and within Lambda's 250 MB unzipped limit; an existing function must match its runtime and architecture.
 """
 
@@ -14,7 +14,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fnpack.archive import open_archive
 from fnpack.build.budget import human
 from fnpack.build.profile import LAMBDA_DIRECT_UPLOAD, LAMBDA_UNZIPPED
 from fnpack.errors import ArchiveError, BudgetError, ConflictError, UsageError
@@ -84,21 +83,6 @@ class LambdaSettings:
 
 
 # --- archive checks (no API calls) -----------------------------------------------------------------
-
-
-def read_archive(archive: Path) -> tuple[dict[str, Any], str, int]:
-    """(manifest, sha256, unzipped bytes) of an intact fnpack archive."""
-    with open_archive(archive) as reader:
-        manifest = reader.manifest()
-        problems = reader.verify() if manifest else []
-        sha256 = reader.sha256
-        unzipped = sum(f.get("size", 0) for f in (manifest or {}).get("files", {}).values())
-    if not manifest or not isinstance(manifest.get("name"), str):
-        raise ArchiveError(f"{archive} has no fnpack manifest naming its function",
-                           hint="deploy archives built by `fnpack build --target aws-lambda`")
-    if problems:
-        raise ArchiveError(f"{archive} is not intact: {problems[0]}", hint="rebuild it with `fnpack build`")
-    return manifest, sha256, unzipped
 
 
 def check_archive(archive: Path, manifest: dict[str, Any], unzipped: int) -> None:

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fnpack.errors import FnpackError, UsageError
+from fnpack.archive import open_archive
+from fnpack.errors import ArchiveError, FnpackError, UsageError
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
 
 
@@ -155,6 +156,25 @@ class Target(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_deployable(archive: Path, build: str = "fnpack build") -> tuple[dict[str, Any], str, int]:
+    """(manifest, sha256, unzipped bytes) of an intact fnpack archive, before a target is asked anything.
+
+    `build` is the command that makes a right one, for the hints."""
+    with open_archive(archive) as reader:
+        manifest = reader.manifest()
+        problems = reader.verify() if manifest else []
+        sha256 = reader.sha256
+    if not manifest or not isinstance(manifest.get("name"), str):
+        raise ArchiveError(f"{archive} has no fnpack manifest naming its function",
+                           hint=f"deploy archives built by `{build}`")
+    if problems:
+        raise ArchiveError(f"{archive} is not intact: {problems[0]}" +
+                           (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                           hint=f"rebuild it with `{build}`")
+    unzipped = sum(f.get("size", 0) for f in manifest.get("files", {}).values())
+    return manifest, sha256, unzipped
 
 
 def actor() -> str:

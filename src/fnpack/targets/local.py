@@ -16,11 +16,10 @@ from urllib.parse import quote
 import httpx
 
 from fnpack import errors
-from fnpack.archive import open_archive
 from fnpack.build.budget import human
-from fnpack.errors import ArchiveError, FnpackError, NotFoundError, StartError, UsageError
+from fnpack.errors import FnpackError, NotFoundError, StartError, UsageError
 from fnpack.targets.base import (Deployment, FunctionSummary, Invocation, InvokeError, Plan, Step, Target, actor,
-                                 move_from_dict, state_from_dict, version_from_dict)
+                                 move_from_dict, read_deployable, state_from_dict, version_from_dict)
 from fnpack.versions import DEFAULT_ALIAS, AliasMove, AliasState, Qualifier, Version
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -141,17 +140,7 @@ class LocalTarget(Target):
 
     def plan_deploy(self, archive: Path, alias: str | None = "live", reason: str | None = None) -> Plan:
         archive = Path(archive)
-        with open_archive(archive) as reader:
-            manifest = reader.manifest()
-            problems = reader.verify() if manifest else []
-            sha256 = reader.sha256
-        if not manifest or not isinstance(manifest.get("name"), str):
-            raise ArchiveError(f"{archive} has no fnpack manifest naming its function",
-                               hint="deploy archives built by `fnpack build`")
-        if problems:
-            raise ArchiveError(f"{archive} is not intact: {problems[0]}" +
-                               (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
-                               hint="rebuild it with `fnpack build`")
+        manifest, sha256, _ = read_deployable(archive)
         name = manifest["name"]
         Qualifier.parse(name)
         try:
