@@ -220,6 +220,7 @@ def test_bad_control_requests_are_refused_and_change_nothing(archives: dict, tmp
             (api.alias("iris", 7), 404, "iris has no version 7"),
             (api.http.put("/api/v1/functions/iris/aliases/live", json={"primary": "x"}), 422, "primary"),
             (api.http.put("/api/v1/functions/iris/aliases/9bad", json={"primary": 1}), 400, "alias"),
+            (api.http.put("/api/v1/functions/iris/aliases/3", json={"primary": 1}), 400, "is a version number"),
             (api.http.delete("/api/v1/functions/iris/versions/1"), 409, "in use by alias live"),
             (api.http.post("/api/v1/functions/iris/aliases/live/rollback", json={}), 400, "first state"),
             (api.deploy(archives["v1"], name="other"), 422, "not 'other'"),

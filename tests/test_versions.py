@@ -102,3 +102,14 @@ def test_router_is_deterministic():
     state = AliasState(5, canary=6, weight=0.3)
     first, second = WeightedRouter(state), WeightedRouter(state)
     assert [first.pick() for _ in range(100)] == [second.pick() for _ in range(100)]
+
+
+def test_bare_names_and_alias_names():
+    assert Qualifier.function_name("iris") == "iris"
+    assert Qualifier.alias_name("iris", "staging") == "staging"
+    with pytest.raises(UsageError, match="expected a function name, not a qualifier"):
+        Qualifier.function_name("iris:live")
+    with pytest.raises(UsageError, match="is a version number, not an alias name"):
+        Qualifier.alias_name("iris", "3")  # NAME:3 always means version 3
+    with pytest.raises(UsageError, match="not a function name"):
+        Qualifier.alias_name("Iris", "live")

@@ -51,6 +51,23 @@ class Qualifier:
                              "(lower-case letters, digits and '-', starting with a letter)")
         return cls(name, alias=rest)
 
+    @classmethod
+    def function_name(cls, text: str) -> str:
+        """A bare function name (no qualifier), checked as a qualifier's name is."""
+        qualifier = cls.parse(text)
+        if qualifier.alias or qualifier.version is not None:
+            raise UsageError(f"{text!r}: expected a function name, not a qualifier", hint=f"use {qualifier.name!r}")
+        return qualifier.name
+
+    @classmethod
+    def alias_name(cls, name: str, alias: str) -> str:
+        """An alias of function `name`: never all digits, which would read as a version number."""
+        qualifier = cls.parse(f"{cls.function_name(name)}:{alias}")
+        if qualifier.alias is None:
+            raise UsageError(f"{alias!r} is a version number, not an alias name",
+                             hint="alias names are lower-case words such as live or staging")
+        return qualifier.alias
+
     def __str__(self) -> str:
         suffix = self.alias or (str(self.version) if self.version is not None else None)
         return f"{self.name}:{suffix}" if suffix else self.name

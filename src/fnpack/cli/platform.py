@@ -97,25 +97,15 @@ def _env_pairs(pairs: Optional[list[str]]) -> Optional[dict[str, str]]:
 
 
 def _function_name(text: str) -> str:
-    """A bare function name, checked like a qualifier before it reaches a URL."""
-    from fnpack.errors import UsageError
     from fnpack.versions import Qualifier
 
-    qualifier = Qualifier.parse(text)
-    if qualifier.alias or qualifier.version is not None:
-        raise UsageError(f"{text!r}: expected a function name, not a qualifier", hint=f"use {qualifier.name!r}")
-    return qualifier.name
+    return Qualifier.function_name(text)
 
 
 def _alias_name(name: str, alias: str) -> str:
-    from fnpack.errors import UsageError
     from fnpack.versions import Qualifier
 
-    qualifier = Qualifier.parse(f"{name}:{alias}")
-    if qualifier.alias is None:
-        raise UsageError(f"{alias!r} is a version number, not an alias name",
-                         hint="alias names are lower-case words such as live or staging")
-    return qualifier.alias
+    return Qualifier.alias_name(name, alias)
 
 
 def _version_number(text: str, what: str = "VERSION") -> int:

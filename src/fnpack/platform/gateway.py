@@ -86,12 +86,10 @@ def control_api(platform: LocalPlatform, token: str) -> FastAPI:
         return (x_fnpack_actor or "api")[:200]
 
     def qualifier(name: str, alias: str | None = None) -> Qualifier:
-        parsed = Qualifier.parse(name)  # the same checks as the CLI's, before anything touches the disk
-        if parsed.alias or parsed.version:
-            raise UsageError(f"{name!r}: expected a function name here, without a qualifier")
+        # The CLI's checks, before a name or alias touches the disk or the registry.
         if alias is not None:
-            Qualifier.parse(f"{name}:{alias}")
-        return parsed
+            return Qualifier(name, alias=Qualifier.alias_name(name, alias))
+        return Qualifier(Qualifier.function_name(name))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
