@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fnpack.platform.forward import UpstreamClosed
+from fnpack.platform.forward import UpstreamClosed, end_to_end
 from fnpack.platform.workers import Worker
 
 
@@ -67,3 +67,34 @@ def test_a_worker_dying_with_the_request_is_reported(tmp_path: Path) -> None:
         server.close()
 
     asyncio.run(main())
+
+
+def test_interim_responses_are_skipped_and_stray_bytes_retire_the_connection(tmp_path: Path) -> None:
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none"
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" \
+              b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo"
+    stray = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nthreeHTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx"
+
+    async def main() -> None:
+        accepted: list[int] = []
+        server = await _serve(tmp_path / "w.sock", [interim, ok, stray, ok], accepted)
+        worker = Worker(pid=0, socket=str(tmp_path / "w.sock"))
+        answers = []
+        for _ in range(4):
+            conn = await worker.connection()
+            response = await conn.request(b"POST", b"/invoke", [], b"{}")
+            answers.append((response.status, response.body, response.keep_alive))
+            worker.give_back(conn, response.keep_alive)
+            await asyncio.sleep(0.05)
+        server.close()
+        assert answers == [(200, b"two", True), (200, b"one", True), (200, b"three", False), (200, b"one", True)]
+        assert len(accepted) == 2  # the connection with a stray answer on it was not used again
+
+    asyncio.run(main())
+
+
+def test_only_end_to_end_headers_are_forwarded() -> None:
+    headers = [(b"connection", b"keep-alive, X-Private"), (b"x-private", b"1"), (b"expect", b"100-continue"),
+               (b"te", b"trailers"), (b"transfer-encoding", b"chunked"), (b"content-type", b"application/json"),
+               (b"authorization", b"Bearer t")]
+    assert end_to_end(headers) == [(b"content-type", b"application/json"), (b"authorization", b"Bearer t")]

@@ -13,9 +13,22 @@ from dataclasses import dataclass, field
 
 import httptools
 
-# Hop-by-hop headers are the connection's, not the message's: never forwarded either way.
+# Hop-by-hop headers (RFC 9110 7.6.1) are the connection's, not the message's: never forwarded either
+# way, nor any header the `Connection` field names. The gateway reads the whole body before
+# forwarding, so it frames the message itself (content-length) and answers `Expect` itself: a
+# forwarded `Expect: 100-continue` makes the worker send an interim `100 Continue`.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
-                        b"proxy-authorization", b"proxy-authenticate", b"content-length", b"host"})
+                        b"proxy-connection", b"proxy-authorization", b"proxy-authenticate", b"content-length",
+                        b"host", b"expect"})
+
+
+def end_to_end(headers: list[tuple[bytes, bytes]], skip: frozenset[bytes] = HOP_BY_HOP) -> list[tuple[bytes, bytes]]:
+    """The headers that travel on to the next hop: none in `skip` (the hop-by-hop ones and more) and
+    none the `Connection` field names. Names are lower-case (ASGI's and this module's parser's)."""
+    for name, value in headers:
+        if name == b"connection":
+            skip = skip | {token.strip().lower() for token in value.split(b",")}
+    return [(name, value) for name, value in headers if name not in skip]
 
 
 class UpstreamClosed(Exception):
@@ -37,27 +50,44 @@ class Response:
 
 
 class _Parser:
-    """httptools callbacks collecting one response."""
+    """httptools callbacks collecting one final response.
+
+    Interim 1xx responses (RFC 9110 15.2) are read and dropped: taking one for the answer would
+    leave the real answer on the connection, for the next request to receive. Any byte after the
+    final response is a protocol error: the connection is then not reused.
+    """
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.complete = False
         self.keep_alive = False
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second message after the final one: never reuse this connection
+            self.keep_alive = False
+            return
+        self.headers, self.chunks = [], []
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
         # Only valid here: httptools answers False once the message is complete, which
         # would close (and reopen) the worker connection on every request.
-        self.keep_alive = self.parser.should_keep_alive()
+        if not self.complete:
+            self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
+        if not self.complete:
+            self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:  # interim: the final response follows on the same connection
+            return
         self.complete = True
 
 
@@ -76,7 +106,9 @@ class Connection:
 
     @property
     def usable(self) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof()
+        # Unread bytes on an idle connection answer no request of ours: never send another on it.
+        return not self.writer.is_closing() and not self.reader.at_eof() and \
+            not self.reader._buffer  # type: ignore[attr-defined]
 
     async def request(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                       body: bytes) -> Response:
@@ -102,7 +134,9 @@ class Connection:
                 parser.feed_data(data)
             except httptools.HttpParserError as exc:
                 raise UpstreamClosed(f"malformed response ({exc})", True) from None
-        return Response(parser.get_status_code(), parsed.headers, b"".join(parsed.chunks), parsed.keep_alive)
+        # Bytes already buffered past the answer belong to no request: the connection is out of step.
+        keep_alive = parsed.keep_alive and not self.reader._buffer  # type: ignore[attr-defined]
+        return Response(parsed.status, parsed.headers, b"".join(parsed.chunks), keep_alive)
 
     def close(self) -> None:
         self.writer.close()

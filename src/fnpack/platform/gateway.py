@@ -34,7 +34,7 @@ from pydantic import BaseModel
 from fnpack import __version__
 from fnpack.errors import FnpackError, NotFoundError, StartError, UsageError
 from fnpack.platform import auth
-from fnpack.platform.forward import HOP_BY_HOP
+from fnpack.platform.forward import HOP_BY_HOP, end_to_end
 from fnpack.platform.service import LocalPlatform
 from fnpack.platform.workers import UpstreamTimeout, WorkerLost
 from fnpack.versions import AliasState, Qualifier
@@ -332,19 +332,25 @@ class Gateway:
         except FnpackError as exc:
             return await _send(send, status_of(exc), error_body(exc))
         pool = route.pool
-        headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP and k != b"authorization"]
+        headers = end_to_end(scope["headers"], _NOT_FORWARDED)
         query = scope.get("query_string") or b""
         path = fixed_path or worker_path(pool.number)
+        # HEAD goes on as GET: the response parser would otherwise wait for a body HEAD never gets.
+        method = b"GET" if scope["method"] == "HEAD" else scope["method"].encode()
         try:
-            response = await platform.workers.forward(pool, scope["method"].encode(),
-                                                      path + (b"?" + query if query else b""), headers, body)
+            response = await platform.workers.forward(pool, method, path + (b"?" + query if query else b""),
+                                                      headers, body)
             status, payload = response.status, response.body
-            extra = [(k, v) for k, v in response.headers if k not in HOP_BY_HOP]
+            extra = end_to_end(response.headers)
         except (WorkerLost, UpstreamTimeout, StartError) as exc:
             status, payload, extra = status_of(exc), error_body(exc), [(b"content-type", b"application/json")]
         extra += [(b"x-fnpack-function", pool.function.encode()), (b"x-fnpack-version", str(pool.number).encode())]
         await _send(send, status, payload, extra)
         platform.metrics.observe(pool.function, str(pool.number), route.alias, status, time.perf_counter() - began)
+
+
+# The platform's credential is the gateway's business: a function never sees the caller's token.
+_NOT_FORWARDED = HOP_BY_HOP | {b"authorization"}
 
 
 def _invoke_path(_: int) -> bytes:

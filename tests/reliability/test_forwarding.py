@@ -1,0 +1,104 @@
+"""Every client gets its own answer: the gateway's forwarding on kept-alive worker connections.
+
+The echo function answers with its input, so each request carries a distinct value and checks it
+came back. Before the fix, one `Expect: 100-continue` (curl sends it on bodies over 1 MB) made the
+gateway take the worker's interim `100 Continue` for the answer and hand the real answer to the
+next client: from then on every client of the function got the previous client's answer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from functions import build_probe
+from servers import platform
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A platform serving the echo function as `echo`; yields the platform's URL."""
+    tmp = tmp_path_factory.mktemp("forwarding")
+    built = build_probe(tmp / "src", "echo", tmp / "dist", {"scaling": {"max": 2, "target_concurrency": 4}})
+    state = tmp / "state"
+    with platform(state) as url:
+        token = (state / "token").read_text().strip()
+        control = httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=60)
+        deployed = control.post("/api/v1/functions/echo/versions", content=Path(built["archive"]).read_bytes())
+        assert deployed.status_code == 201, deployed.text
+        assert control.put("/api/v1/functions/echo/aliases/live", json={"primary": 1}).status_code == 200
+        yield url
+
+
+def _body(tag: int, width: int = 4) -> dict:
+    return {"x": [[float(tag)] * width]}
+
+
+def _check(response: httpx.Response, tag: int, width: int = 4) -> None:
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["y"] == [[float(tag)] * width], f"request {tag} got another request's answer"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_expect_100_continue_then_plain_requests_each_get_their_own_answer(echo: str, tmp_path: Path) -> None:
+    big = tmp_path / "big.json"
+    width = 200_000  # about 1.4 MB of JSON: curl sends Expect: 100-continue on its own
+    big.write_text(json.dumps(_body(7, width)))
+    done = subprocess.run(["curl", "-sS", "--max-time", "30", "-H", "content-type: application/json",
+                           "-H", "Expect: 100-continue", "-X", "POST", f"{echo}/function/echo",
+                           "--data-binary", f"@{big}", "-w", "\n%{http_code}"],
+                          capture_output=True, text=True, timeout=60)
+    body, _, code = done.stdout.rpartition("\n")
+    assert code == "200", done.stdout[-300:] + done.stderr
+    assert json.loads(body)["y"] == [[7.0] * width]
+    with httpx.Client(timeout=30) as client:
+        for tag in (8, 9, 10):
+            _check(client.post(f"{echo}/function/echo", json=_body(tag)), tag)
+
+
+def test_many_concurrent_clients_each_get_their_own_answer(echo: str) -> None:
+    """Plain, `Expect: 100-continue`, large and chunked bodies, mixed on the same worker connections."""
+
+    def client(worker: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            for i in range(12):
+                tag = worker * 1000 + i
+                kind = (worker + i) % 4
+                if kind == 0:
+                    response = http.post(f"{echo}/function/echo", json=_body(tag))
+                    _check(response, tag)
+                elif kind == 1:
+                    response = http.post(f"{echo}/function/echo", json=_body(tag),
+                                         headers={"expect": "100-continue"})
+                    _check(response, tag)
+                elif kind == 2:  # large: about 700 kB
+                    response = http.post(f"{echo}/function/echo:live", json=_body(tag, 100_000),
+                                         headers={"expect": "100-continue"})
+                    _check(response, tag, 100_000)
+                else:  # chunked: a body of unknown length, sent in pieces
+                    data = json.dumps(_body(tag)).encode()
+                    pieces = iter([data[:5], data[5:17], data[17:]])
+                    response = http.post(f"{echo}/function/echo", content=pieces,
+                                         headers={"content-type": "application/json"})
+                    _check(response, tag)
+
+    with ThreadPoolExecutor(24) as pool:
+        for future in [pool.submit(client, w) for w in range(24)]:
+            future.result()
+
+
+def test_head_is_answered_without_a_body_and_leaves_the_connection_in_step(echo: str) -> None:
+    with httpx.Client(timeout=30) as client:
+        head = client.head(f"{echo}/v2/models/echo")
+        assert head.status_code == 200 and head.content == b""
+        _check(client.post(f"{echo}/function/echo", json=_body(4)), 4)
+        assert client.get(f"{echo}/v2/models/echo").json()["name"] == "echo"
