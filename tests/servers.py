@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,17 @@ def worker(archive: str | Path, sha256: str, cache_dir: Path, env: dict[str, str
             process.wait()
 
 
+def reachable(state_dir: Path) -> None:
+    """Let other users traverse (not list) the temp folders above a state folder, as they can a real
+    deployment's: a platform run as root then gives each function a user of its own."""
+    state_dir = Path(state_dir).resolve()
+    for folder in state_dir.parents:
+        if folder == Path(tempfile.gettempdir()).resolve() or folder == folder.parent:
+            break
+        if folder.exists() and os.geteuid() == folder.stat().st_uid:
+            folder.chmod(folder.stat().st_mode | 0o111)
+
+
 @contextlib.contextmanager
 def platform(state_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """`fnpack serve` on a free loopback port with its state in `state_dir`; yields its base URL.
@@ -68,6 +80,7 @@ def platform_process(state_dir: Path, *extra: str, env: dict[str, str] | None = 
                      port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """Like `platform`, also yielding the process (to kill it in reliability tests)."""
     port = port or free_port()
+    reachable(state_dir)
     process = subprocess.Popen(
         [sys.executable, "-m", "fnpack", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--state-dir", str(state_dir), *extra],

@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
-from .archive import open_archive, sha256_file
+from .archive import MANIFEST_NAME, open_archive, sha256_file
 from .errors import ArchiveError, OutputError
 
 _CHUNK = 1 << 20
@@ -220,3 +220,38 @@ def _read_s3(uri: str, timeout: float) -> Generator[bytes, None, None]:
         raise _fail(uri, f"{code} ({message})" if message else code) from exc
     except (BotoCoreError, OSError) as exc:
         raise _fail(uri, f"{type(exc).__name__}: {exc}") from exc
+
+
+def verify_unpacked(root: Path, archive: Path, sha256: str) -> list[str]:
+    """What differs between an unpacked tree and its archive; [] when the tree's manifest is the
+    archive's, every file it lists is there with its size and sha256, and no other file is.
+
+    A tree left on disk by an earlier run is checked before anything imports from it: a file
+    changed or added there (a planted module, a stale .pyc) would run in the next worker.
+    """
+    with open_archive(archive, expected_sha256=sha256) as arc:
+        manifest_bytes = arc.read(MANIFEST_NAME)
+        listed: dict = arc.manifest()["files"]  # type: ignore[index]
+    root = Path(root)
+    try:
+        if (root / MANIFEST_NAME).read_bytes() != manifest_bytes:
+            return [f"{MANIFEST_NAME} differs from the archive's"]
+    except OSError as exc:
+        return [f"{MANIFEST_NAME}: {exc.strerror or exc}"]
+    problems, seen = [], set()
+    for folder, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            if rel == MANIFEST_NAME or os.path.islink(path):
+                seen.add(rel)
+                continue
+            want = listed.get(rel)
+            if want is None:
+                problems.append(f"{rel}: not in the manifest")
+                continue
+            seen.add(rel)
+            if os.path.getsize(path) != want.get("size") or sha256_file(Path(path)) != want.get("sha256"):
+                problems.append(f"{rel}: changed since it was unpacked")
+    problems += [f"{name}: missing" for name in listed if name not in seen]
+    return problems

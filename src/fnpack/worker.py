@@ -61,10 +61,13 @@ def load_app(root: Path) -> Any:
 def serve(app: Any, host: str, port: int) -> None:
     import uvicorn
 
-    # No proxy-headers middleware or Server/Date headers: the function reads neither, and each costs
-    # work on every request.
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                proxy_headers=False, server_header=False, date_header=False)
+    from fnpack.http_server import make_config
+
+    uvicorn.Server(make_config(app, host=host, port=port)).run()
+    # Exit now: a thread stuck in a timed-out call (watchdog.py) would hold the interpreter's exit forever.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,11 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
@@ -35,7 +38,10 @@ from fnpack import __version__
 from fnpack.errors import FnpackError, NotFoundError, StartError, UsageError
 from fnpack.platform import auth
 from fnpack.platform.forward import HOP_BY_HOP, end_to_end
+from fnpack.platform.isolation import Isolation
+from fnpack.platform.memory import MemoryLimits
 from fnpack.platform.service import LocalPlatform
+from fnpack.platform.storage import mib, state_error
 from fnpack.platform.workers import UpstreamTimeout, WorkerLost
 from fnpack.versions import AliasState, Qualifier
 
@@ -44,9 +50,10 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 MAX_ARCHIVE = 2 << 30
+STOP_GRACE = float(os.environ.get("FNPACK_STOP_GRACE", "4"))  # seconds requests get after SIGTERM
 MAX_BODY = int(os.environ.get("FNPACK_MAX_BODY", 6 * 1024 * 1024))
 STATUS = {"usage": 400, "spec": 422, "archive": 422, "not-found": 404, "conflict": 409, "start": 503,
-          "worker-lost": 502, "timeout": 504}
+          "worker-lost": 502, "memory-limit": 502, "timeout": 504, "state-folder": 503, "storage-full": 507}
 
 
 def status_of(exc: FnpackError) -> int:
@@ -118,6 +125,14 @@ def control_api(platform: LocalPlatform, token: str) -> FastAPI:
         return JSONResponse({"error": "usage", "message": f"bad request: {problems}", "hint": None,
                              "exit_code": 2}, status_code=422)
 
+    @api.exception_handler(OSError)
+    async def os_error(_: Request, exc: OSError) -> Response:
+        error = state_error(exc, platform.state_dir)  # a read-only or full state folder: 503 / 507
+        if error is not None:
+            return Response(error_body(error), status_code=status_of(error), media_type="application/json")
+        return JSONResponse({"error": "internal", "message": f"{type(exc).__name__}: {exc}",
+                             "hint": "`fnpack serve`'s output may say more", "exit_code": 1}, status_code=500)
+
     @api.exception_handler(_Unauthorized)
     async def unauthorized(_: Request, exc: _Unauthorized) -> Response:
         return JSONResponse({"error": "unauthorized", "message": "missing or wrong control token",
@@ -156,7 +171,7 @@ def control_api(platform: LocalPlatform, token: str) -> FastAPI:
     @api.post("/api/v1/functions/{name}/versions", dependencies=guarded)
     async def deploy(name: str, request: Request, who: str = Depends(actor)) -> Response:
         qualifier(name)
-        upload = await _receive_upload(request, platform.incoming)
+        upload = await _receive_upload(request, platform.incoming, platform.state_dir)
         version, created = await platform.deploy(name, upload, who)
         return JSONResponse({"function": name, "version": _version(version, registry.aliases(name)),
                              "created": created}, status_code=201 if created else 200)
@@ -218,20 +233,36 @@ class _Unauthorized(Exception):
     pass
 
 
-async def _receive_upload(request: Request, folder: Path) -> Path:
+async def _receive_upload(request: Request, folder: Path, state_dir: Path) -> Path:
     """Stream the request body into a temp file; the caller deletes it."""
     size = 0
-    fd, name = tempfile.mkstemp(dir=folder, suffix=".zip")
-    path = Path(name)
+    path: Path | None = None
+    chunks = request.stream()
     try:
+        fd, name = tempfile.mkstemp(dir=folder, suffix=".zip")
+        path = Path(name)
         with os.fdopen(fd, "wb") as out:
-            async for chunk in request.stream():
+            async for chunk in chunks:
                 size += len(chunk)
                 if size > MAX_ARCHIVE:
                     raise UsageError(f"the archive is over {MAX_ARCHIVE >> 30} GiB", hint="check what you upload")
                 out.write(chunk)
+    except OSError as exc:
+        if path:
+            path.unlink(missing_ok=True)
+        total = max(size, int(request.headers.get("content-length", "0") or 0))
+        error = state_error(exc, state_dir, f"this archive needs {mib(total)} to upload, as much again to "
+                                            f"store and roughly {mib(3 * total)} unpacked")
+        if error is None:
+            raise
+        async for chunk in chunks:  # read the rest unstored: the client then gets this answer, not a reset
+            size += len(chunk)
+            if size > MAX_ARCHIVE:
+                break
+        raise error from exc
     except BaseException:
-        path.unlink(missing_ok=True)
+        if path:
+            path.unlink(missing_ok=True)
         raise
     if size == 0:
         path.unlink(missing_ok=True)
@@ -285,7 +316,13 @@ class Gateway:
                 return await self._invoke(scope, receive, send, path[10:])
             if path.startswith("/v2/models/"):
                 return await self._oip(scope, receive, send, path[11:])
+            if path in _NEEDS_INVOKE_TOKEN and not self._may_invoke(scope):
+                return await _send_error(send, 401, "unauthorized", "missing or wrong invoke token",
+                                         [(b"www-authenticate", b"Bearer")])
         await self.control(scope, receive, send)
+
+    def _may_invoke(self, scope: Scope) -> bool:
+        return not self.invoke_token or auth.bearer_matches(_header(scope, b"authorization"), self.invoke_token)
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send, target: str) -> None:
         if scope["method"] != "POST":
@@ -320,7 +357,7 @@ class Gateway:
     async def _forward(self, scope: Scope, receive: Receive, send: Send, qualifier: Qualifier,
                        fixed_path: bytes | None, worker_path: Callable[[int], bytes]) -> None:
         began = time.perf_counter()
-        if self.invoke_token and not auth.bearer_matches(_header(scope, b"authorization"), self.invoke_token):
+        if not self._may_invoke(scope):
             return await _send_error(send, 401, "unauthorized", "missing or wrong invoke token",
                                      [(b"www-authenticate", b"Bearer")])
         body = await _read_body(receive, MAX_BODY)
@@ -349,6 +386,8 @@ class Gateway:
         platform.metrics.observe(pool.function, str(pool.number), route.alias, status, time.perf_counter() - began)
 
 
+# What the functions' names and traffic can be read from is for those who may invoke them.
+_NEEDS_INVOKE_TOKEN = frozenset({"/metrics", "/openapi.json"})
 # The platform's credential is the gateway's business: a function never sees the caller's token.
 _NOT_FORWARDED = HOP_BY_HOP | {b"authorization"}
 
@@ -403,20 +442,72 @@ def serve(host: str, port: int, state_dir: Path, invoke_token: str | None = None
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise StartError(f"cannot create the state folder {state_dir}: {exc}") from exc
+    os.umask(0o077)  # the token, registry, archives and logs are the platform's alone
     lock = auth.lock_state_dir(state_dir)
     token = auth.control_token(state_dir)
     # Workers listen on Unix sockets in a private folder; a short path (sun_path holds 108 bytes).
+    # Each function has a folder of its own in it (isolation.py): the top one is only traversed.
     run_dir = Path(tempfile.mkdtemp(prefix="fnpack-"))
+    memory = MemoryLimits.detect()
     try:
-        gateway = Gateway(LocalPlatform(state_dir.resolve(), run_dir), token, invoke_token)
+        isolation = Isolation(run_dir, state_dir)
+        if isolation.separate_users:
+            run_dir.chmod(0o711)
+        gateway = Gateway(LocalPlatform(state_dir.resolve(), run_dir, isolation, memory), token, invoke_token)
         sock = _listen(host, port)
-        config = uvicorn.Config(gateway, log_level="warning", access_log=False, lifespan="on",
-                                proxy_headers=False, server_header=False, date_header=False,
-                                http="httptools", timeout_keep_alive=30)
-        uvicorn.Server(config).run(sockets=[sock])
+        _announce(host, port, state_dir, isolation, memory)
+        from fnpack.http_server import make_config
+
+        config = make_config(gateway, timeout_keep_alive=30)
+        server = uvicorn.Server(config)
+        _stop_in_time(server, run_dir)
+        server.run(sockets=[sock])
+    except _Terminated:  # uvicorn stopped and re-raised SIGTERM: clean up (finally), then exit as SIGTERM's
+        raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+        memory.close()
         lock.close()
+
+
+def _announce(host: str, port: int, state_dir: Path, isolation: Isolation, memory: MemoryLimits) -> None:
+    """Where the platform listens, how functions are kept apart here, and what cannot be guaranteed."""
+    users = "a user of its own per function" if isolation.separate_users else "the platform's own user"
+    print(f"fnpack serve: listening on http://{host}:{port}, state in {state_dir}; functions run as {users}, "
+          f"memory limits by {memory.kind}; Ctrl-C or SIGTERM stops it", file=sys.stderr, flush=True)
+    for limitation in isolation.limitations():
+        print(f"warning: {limitation}", file=sys.stderr, flush=True)
+
+
+def _stop_in_time(server: Any, run_dir: Path) -> None:
+    """SIGTERM / SIGINT always stop the gateway: requests in flight get STOP_GRACE s, then are cancelled
+    (a waiter or a followed log must not hold the exit); if the process is still alive STOP_GRACE s later
+    (a thread stuck on a broken disk), it exits at once, and its zygotes and workers die with it
+    (PR_SET_PDEATHSIG)."""
+    if server.config.timeout_graceful_shutdown is None:
+        server.config.timeout_graceful_shutdown = STOP_GRACE
+    signal.signal(signal.SIGTERM, _terminate)  # what uvicorn restores and re-raises once it has stopped
+    handle_exit = server.handle_exit
+
+    def last_resort(sig: int) -> None:
+        time.sleep(2 * STOP_GRACE)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        os._exit(128 + sig)
+
+    def handle(sig: int, frame: Any) -> None:
+        if not server.should_exit:
+            threading.Thread(target=last_resort, args=(sig,), daemon=True).start()
+        handle_exit(sig, frame)
+
+    server.handle_exit = handle  # uvicorn installs `server.handle_exit` as the handler when it starts
+
+
+class _Terminated(BaseException):
+    pass
+
+
+def _terminate(*_: Any) -> None:
+    raise _Terminated
 
 
 def _listen(host: str, port: int) -> socket.socket:

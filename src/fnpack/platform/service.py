@@ -13,13 +13,19 @@ import json
 import platform as host
 import shutil
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fnpack.errors import ArchiveError, FnpackError, NotFoundError
-from fnpack.fetch import unpack_archive
+from fnpack.archive import open_archive
+from fnpack.errors import ArchiveError, FnpackError, NotFoundError, OutputError, StartError
+from fnpack.fetch import unpack_archive, unpacked_path, verify_unpacked
+from fnpack.platform.isolation import Isolation, remove_tree
+from fnpack.platform.memory import MemoryLimits
 from fnpack.platform.metrics import GatewayMetrics
 from fnpack.platform.registry import Registry
+from fnpack.platform.storage import mib, state_error
 from fnpack.platform.workers import Scaling, VersionPool, WorkerPool, log_line
 from fnpack.platform.zygote import dependency_key
 from fnpack.versions import DEFAULT_ALIAS, AliasMove, AliasState, Qualifier, Version, WeightedRouter
@@ -34,7 +40,8 @@ class Route:
 
 
 class LocalPlatform:
-    def __init__(self, state_dir: Path, run_dir: Path) -> None:
+    def __init__(self, state_dir: Path, run_dir: Path, isolation: Isolation | None = None,
+                 memory: MemoryLimits | None = None) -> None:
         self.state_dir = state_dir
         self.registry = Registry(state_dir)
         self.unpacked = state_dir / "unpacked"
@@ -42,16 +49,22 @@ class LocalPlatform:
         self.logs = state_dir / "logs"
         for folder in (self.unpacked, self.incoming, self.logs):
             folder.mkdir(parents=True, exist_ok=True)
+        self.isolation = isolation or Isolation(run_dir, separate_users=False)
+        if self.isolation.separate_users:  # functions' users reach their own trees, and nothing else here
+            for folder in (state_dir, self.unpacked):
+                folder.chmod(0o711)
         self.metrics = GatewayMetrics()
-        self.workers = WorkerPool(run_dir, self.logs, on_start=self._worker_started, on_change=self._workers_changed)
+        self.workers = WorkerPool(run_dir, self.logs, on_start=self._worker_started, on_change=self._workers_changed,
+                                  memory=memory, prepare=self._prepare)
+        self._trusted: dict[Path, asyncio.Future[None]] = {}  # trees verified and locked by this process
         self._routers: dict[tuple[str, str], WeightedRouter] = {}
         self._moves = asyncio.Lock()  # alias moves apply to the cache in commit order
+        self._deploys = threading.Lock()  # one at a time: a failed deploy then removes only what it made
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for leftover in self.incoming.iterdir():  # uploads cut short by a crash
-            leftover.unlink(missing_ok=True)
+        self._sweep()
         self.workers.start_reaper()
         loop = asyncio.get_running_loop()
         for name in self.registry.functions():
@@ -64,6 +77,20 @@ class LocalPlatform:
 
     async def stop(self) -> None:
         await self.workers.close()
+
+    def _sweep(self) -> None:
+        """Remove what a crash left: uploads cut short, partial copies into the store, and unpacked
+        trees no version uses (half-unpacked `.<sha>.*.part` ones, those of refused or deleted deploys)."""
+        for leftover in [*self.incoming.iterdir(), *self.registry.store.glob(".incoming-*")]:
+            leftover.unlink(missing_ok=True)
+        used = self.registry.archives()
+        for tree in self.unpacked.iterdir():
+            if tree.name in used:
+                continue
+            if tree.is_dir() and not tree.is_symlink():
+                shutil.rmtree(tree, ignore_errors=True)  # best effort: never a reason not to start
+            else:
+                tree.unlink(missing_ok=True)
 
     # --- control -------------------------------------------------------------------------------
 
@@ -78,11 +105,29 @@ class LocalPlatform:
         return version, created
 
     def _deploy(self, name: str, upload: Path, actor: str) -> tuple[Version, bool]:
-        from fnpack.archive import sha256_file
+        with open_archive(upload) as reader:  # the zip's own checks; the files are verified when unpacked
+            sha256, manifest = reader.sha256, reader.manifest()
+        if manifest is None:
+            raise ArchiveError("the archive has no fnpack manifest (fnpack.json)",
+                               hint="deploy archives built by `fnpack build --target local`")
+        self._check_manifest(name, manifest)  # before unpacking: a refused archive writes nothing
+        unpacked = sum(int(f.get("size", 0)) for f in manifest.get("files", {}).values())
+        needed = f"this archive needs {mib(upload.stat().st_size)} to store and {mib(unpacked)} unpacked"
+        with self._deploys:
+            fresh = not unpacked_path(sha256, self.unpacked).is_dir()
+            try:
+                unpack_archive(upload, sha256, self.unpacked)  # verifies every file against the manifest
+                return self.registry.deploy(upload, name, manifest["spec"], actor)
+            except BaseException as exc:
+                if fresh:  # no version has it yet (an existing tree may serve one): take it back
+                    shutil.rmtree(unpacked_path(sha256, self.unpacked), ignore_errors=True)
+                error = state_error(exc, self.state_dir, needed)
+                if error is None or error is exc:
+                    raise
+                raise error from exc
 
-        sha256 = sha256_file(upload)
-        root = unpack_archive(upload, sha256, self.unpacked)  # verifies every file against the manifest
-        manifest = json.loads((root / "fnpack.json").read_text(encoding="utf-8"))
+    @staticmethod
+    def _check_manifest(name: str, manifest: dict[str, Any]) -> None:
         running = f"{sys.version_info.major}.{sys.version_info.minor}"
         problem = None
         if manifest.get("name") != name:
@@ -93,14 +138,35 @@ class LocalPlatform:
             problem = f"the archive is built for {manifest.get('arch')}; this machine is {host.machine()}"
         if problem:
             raise ArchiveError(problem, hint="build it for this machine with `fnpack build --target local`")
-        return self.registry.deploy(upload, name, manifest["spec"], actor)
 
     async def _prewarm(self, name: str, number: int) -> None:
         try:
             pool = self.pool(name, number)
-            await self.workers.zygote(pool.key, pool.root)
+            await self._prepare(pool)
+            await self.workers.zygote(pool)
         except Exception:  # noqa: BLE001 - a prewarm failure shows again, with its reason, at the first request
             pass
+
+    async def _prepare(self, pool: VersionPool) -> None:
+        """Before anything imports from a version's tree: verified once per process, then locked."""
+        future = self._trusted.get(pool.root)
+        if future is None or (future.done() and future.exception()):
+            future = self._trusted[pool.root] = asyncio.ensure_future(asyncio.to_thread(self._trust, pool))
+        await asyncio.shield(future)
+
+    def _trust(self, pool: VersionPool) -> None:
+        root, sha256 = pool.root, pool.root.name
+        archive = self.registry.archive_path(sha256)
+        if not archive.is_file():
+            raise StartError(f"the archive of {pool.label} is missing from {self.registry.store}, so its unpacked "
+                             "code cannot be verified", hint="deploy it again")
+        problems = verify_unpacked(root, archive, sha256)
+        if problems:  # changed since it was unpacked: never import it, unpack the archive again
+            log_line(pool.log, f"{pool.label}: its unpacked code changed on disk ({'; '.join(problems[:3])}); "
+                               "unpacking it again from the archive")
+            remove_tree(root)
+            unpack_archive(archive, sha256, self.unpacked)
+        self.isolation.lock_tree(root, pool.principal)
 
     async def set_alias(self, name: str, alias: str, state: AliasState, actor: str,
                         reason: str | None) -> AliasMove:
@@ -162,10 +228,18 @@ class LocalPlatform:
                 raise NotFoundError(f"the archive of {name} v{number} is missing from {self.registry.store}",
                                     hint="deploy it again")
             shutil.rmtree(root, ignore_errors=True)
-            root = unpack_archive(archive, version.sha256, self.unpacked)
+            try:
+                root = unpack_archive(archive, version.sha256, self.unpacked)
+            except OutputError as exc:  # a full or read-only state folder: 507 / 503, not 500
+                error = state_error(exc, self.state_dir)
+                if error is None:
+                    raise
+                raise error from exc
         manifest = json.loads((root / "fnpack.json").read_text(encoding="utf-8"))
+        principal = self.isolation.principal(self.registry.principal("function", name))
         return self.workers.pool(name, number, root, dependency_key(manifest),
-                                 Scaling.from_spec(self.registry.spec(name, number)))
+                                 Scaling.from_spec(self.registry.spec(name, number)), principal,
+                                 self.isolation.function_dir(name, principal))
 
     # --- metrics -------------------------------------------------------------------------------
 

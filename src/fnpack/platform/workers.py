@@ -13,12 +13,14 @@ listen on Unix sockets in a private folder: only the gateway, not any local user
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +28,9 @@ from typing import Any
 
 from fnpack.errors import FnpackError, StartError
 from fnpack.platform.forward import Connection, Response, UpstreamClosed
+from fnpack.platform.isolation import Principal, worker_environment
+from fnpack.platform.memory import MemoryLimits
+from fnpack.platform.storage import state_error
 
 START_TIMEOUT = float(os.environ.get("FNPACK_START_TIMEOUT", "120"))
 RETRY_START_AFTER = 2.0  # seconds during which a failed start is reported again instead of retried
@@ -46,6 +51,12 @@ class UpstreamTimeout(FnpackError):
     kind = "timeout"
 
 
+class MemoryExceeded(WorkerLost):
+    """The worker holding a request went over `resources.memory` and was stopped (HTTP 502)."""
+
+    kind = "memory-limit"
+
+
 @dataclass(frozen=True)
 class Scaling:
     min: int
@@ -53,18 +64,27 @@ class Scaling:
     target_concurrency: int
     idle_timeout: float
     timeout: float
+    memory_mib: int = 512
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Scaling:
         scaling, resources = spec.get("scaling") or {}, spec.get("resources") or {}
         return cls(scaling.get("min", 0), scaling.get("max", 4), scaling.get("target_concurrency", 8),
-                   float(scaling.get("idle_timeout", 300)), float(resources.get("timeout", 30)))
+                   float(scaling.get("idle_timeout", 300)), float(resources.get("timeout", 30)),
+                   int(resources.get("memory", 512)))
+
+    @property
+    def memory(self) -> int:
+        return self.memory_mib << 20
 
 
 @dataclass(eq=False)
 class Worker:
     pid: int
     socket: str
+    workdir: Path | None = None
+    cgroup: Path | None = None
+    over_memory: bool = False  # stopped by the watchdog for going over resources.memory
     in_flight: int = 0
     last_used: float = field(default_factory=time.monotonic)
     idle: list[tuple[Connection, float]] = field(default_factory=list)
@@ -89,20 +109,37 @@ class Worker:
         self.idle.clear()
 
 
+_UNLOGGED: set[Path] = set()  # logs a line could not be written to (said once on stderr)
+
+
 def log_line(path: Path, message: str) -> None:
-    """Append one platform event to a function's log (the workers append their output to it too)."""
+    """Append one platform event to a function's log (the workers append their output to it too).
+
+    Best effort: a read-only or full state folder must not stop the platform from answering."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    with open(path, "a", encoding="utf-8") as log:
-        log.write(f"{stamp} [platform] {message}\n")
+    try:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"{stamp} [platform] {message}\n")
+    except OSError as exc:
+        if path not in _UNLOGGED:
+            _UNLOGGED.add(path)
+            print(f"fnpack serve: cannot write {path} ({exc.strerror}); its events are lost until it can be",
+                  file=sys.stderr, flush=True)
 
 
 class Zygote:
     """Gateway side of one zygote process: spawn requests out, worker events in."""
 
-    def __init__(self, root: Path, stderr: Path, on_exit: Callable[[int, str], None]) -> None:
+    def __init__(self, root: Path, stderr: Path, on_exit: Callable[[int, str], None], principal: Principal,
+                 folder: Path, on_fork: Callable[[int, int], None] = lambda *_: None,
+                 on_retire: Callable[[int, str], None] = lambda *_: None) -> None:
         self.root = root
         self.stderr = stderr
         self.on_exit = on_exit
+        self.principal = principal
+        self.folder = folder
+        self.on_fork = on_fork
+        self.on_retire = on_retire
         self.process: asyncio.subprocess.Process | None = None
         self.pending: dict[int, asyncio.Future[int]] = {}
         self.forked: dict[int, int] = {}  # spawn id -> pid, until ready or failed
@@ -112,19 +149,24 @@ class Zygote:
     async def start(self) -> None:
         # onnxruntime's telemetry (on by default in 1.31) runs an uploader thread and keeps a SQLite
         # database open from import on: neither survives fork(), so the zygote turns it off.
-        env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
+        env = {**worker_environment(), "ORT_DISABLE_TELEMETRY": "1", "HOME": str(self.folder)}
+        # The zygote becomes the function's user itself, before it imports anything of the archive
+        # (uvloop's subprocesses take no user= / group=).
+        user = [] if self.principal.uid is None else ["--user", str(self.principal.uid), "--group",
+                                                       str(self.principal.gid)]
         with open(self.stderr, "ab") as stderr:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fnpack.platform.zygote", "--root", str(self.root),
+                sys.executable, "-m", "fnpack.platform.zygote", "--root", str(self.root), *user,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
-                limit=1 << 20, env=env)
+                limit=1 << 20, env=env, cwd=self.folder)
         assert self.process.stdout is not None
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), START_TIMEOUT)
         except asyncio.TimeoutError:
             line = b""
         if not line.startswith(b'{"zygote": "ready"'):
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
             raise StartError(f"the worker launcher for {self.root.name[:12]} did not start",
                              hint=f"its errors are in {self.stderr}")
         self._reader = asyncio.create_task(self._read())
@@ -162,6 +204,9 @@ class Zygote:
             elif "forked" in message:
                 self.forked[message["forked"]] = message["pid"]
                 self.children.add(message["pid"])
+                self.on_fork(message["forked"], message["pid"])
+            elif "retiring" in message:
+                self.on_retire(message["retiring"], str(message.get("reason", ""))[:500])
             else:
                 spawn_id = message.get("ready", message.get("failed"))
                 self.forked.pop(spawn_id, None)
@@ -195,11 +240,14 @@ class VersionPool:
     """The workers of one (function, version) and the requests waiting for one."""
 
     def __init__(self, function: str, number: int, root: Path, key: str, scaling: Scaling, log: Path,
-                 launch: Callable[[VersionPool], Any], on_start: Callable[[VersionPool, float, str], None]) -> None:
+                 launch: Callable[[VersionPool], Any], on_start: Callable[[VersionPool, float, str], None],
+                 principal: Principal = Principal(), folder: Path | None = None) -> None:
         self.function = function
         self.number = number
         self.root = root
         self.key = key
+        self.principal = principal
+        self.folder = folder or root.parent  # its workers' sockets and working folders
         self.scaling = scaling
         self.log = log
         self.label = f"{function} v{number}"
@@ -248,21 +296,28 @@ class VersionPool:
         began = time.monotonic()
         try:
             worker = await self._launch(self)
-        except FnpackError as exc:
-            error = exc if isinstance(exc, StartError) else StartError(exc.message, hint=exc.hint)
+        except Exception as exc:  # noqa: BLE001 - any failure must reach the waiters, or they wait forever
             self.starting -= 1
+            if isinstance(exc, StartError):
+                error = exc
+            elif isinstance(exc, FnpackError):
+                error = StartError(exc.message, hint=exc.hint)
+            else:  # e.g. the state folder turned read-only or full under the logs: say so
+                known = state_error(exc, self.log.parent.parent)  # <state>/logs/NAME.log
+                error = StartError(f"{self.label} cannot start: {known.message}", hint=known.hint) if known else \
+                    StartError(f"{self.label} cannot start: {type(exc).__name__}: {exc}")
             self.failure = (error, time.monotonic())
-            log_line(self.log, f"{self.label}: start failed: {error.message}")
             if not self.workers and not self.starting:
                 self._wake(error)
+            log_line(self.log, f"{self.label}: start failed: {error.message}")
             return
         self.starting -= 1
         self.failure = None
         self.workers.append(worker)
+        self._wake(None)
         elapsed = time.monotonic() - began
         log_line(self.log, f"{self.label}: worker pid {worker.pid} ready in {elapsed * 1000:.0f} ms ({reason})")
         self._on_start(self, elapsed, reason)
-        self._wake(None)
 
     def _wake(self, error: StartError | None) -> None:
         waiters, self.waiters = self.waiters, []
@@ -318,29 +373,36 @@ class VersionPool:
 
 
 class WorkerPool:
-    """Every version's pool, the zygotes that fork their workers, and the idle reaper."""
+    """Every version's pool, the zygotes that fork their workers, memory limits and the idle reaper."""
 
     def __init__(self, run_dir: Path, logs_dir: Path,
                  on_start: Callable[[VersionPool, float, str], None] = lambda *_: None,
-                 on_change: Callable[[VersionPool], None] = lambda _: None) -> None:
+                 on_change: Callable[[VersionPool], None] = lambda _: None,
+                 memory: MemoryLimits | None = None,
+                 prepare: Callable[[VersionPool], Awaitable[None]] | None = None) -> None:
         self.run_dir = run_dir
+        self._prepare = prepare
         self.logs_dir = logs_dir
         self.pools: dict[tuple[str, int], VersionPool] = {}
         self.on_change = on_change
+        self.memory = memory or MemoryLimits(None)
         self._on_start = on_start
-        self._zygotes: dict[str, asyncio.Task[Zygote]] = {}
+        self._zygotes: dict[tuple[str, str], asyncio.Task[Zygote]] = {}
         self._owners: dict[int, tuple[VersionPool, Worker]] = {}
+        self._spawning: dict[int, VersionPool] = {}  # spawn id -> its pool, until its fork is reported
+        self._groups: dict[int, Path | None] = {}  # pid -> its memory cgroup
         self._spawned = 0
         self._reaper: asyncio.Task[None] | None = None
 
     def log_path(self, function: str) -> Path:
         return self.logs_dir / f"{function}.log"
 
-    def pool(self, function: str, number: int, root: Path, key: str, scaling: Scaling) -> VersionPool:
+    def pool(self, function: str, number: int, root: Path, key: str, scaling: Scaling,
+             principal: Principal = Principal(), folder: Path | None = None) -> VersionPool:
         pool = self.pools.get((function, number))
         if pool is None:
             pool = VersionPool(function, number, root, key, scaling, self.log_path(function), self._launch,
-                               self._started)
+                               self._started, principal, folder)
             self.pools[(function, number)] = pool
         return pool
 
@@ -368,43 +430,93 @@ class WorkerPool:
                         response = await conn.request(method, target, headers, body)
                 except UpstreamClosed as exc:
                     conn.close()
-                    # Dropping a request means the worker died (or is dying): stop sending it any.
-                    if pool.forget(worker, f"dropped a request ({exc})"):
-                        self.on_change(pool)
-                    raise WorkerLost(f"the worker serving {pool.label} (pid {worker.pid}) stopped before it "
-                                     f"answered ({exc}); it exited or crashed, and this request was not completed",
-                                     hint=f"`fnpack logs {pool.function}` shows why; retrying the request "
-                                          "starts a new worker") from None
+                    raise self._lost(pool, worker, str(exc)) from None
                 except TimeoutError:
                     conn.close()
-                    raise UpstreamTimeout(f"{pool.label} did not answer within {pool.scaling.timeout + 10:.0f} s",
+                    # The worker's own timeout should have answered long ago: it is hung. Replace it.
+                    self._stop(pool, worker, f"did not answer within {pool.scaling.timeout + 10:.0f} s",
+                               signal.SIGKILL)
+                    raise UpstreamTimeout(f"{pool.label} did not answer within {pool.scaling.timeout + 10:.0f} s; "
+                                          "its worker was hung and is replaced",
                                           hint="raise resources.timeout in fnpack.yaml") from None
+                except BaseException:  # cancelled mid-exchange: the connection is out of step
+                    conn.close()
+                    raise
                 worker.give_back(conn, response.keep_alive)
                 return response
             finally:
                 pool.release(worker)
         raise WorkerLost(f"no worker of {pool.label} accepted the request", hint=f"`fnpack logs {pool.function}`")
 
+    def _lost(self, pool: VersionPool, worker: Worker, why: str) -> WorkerLost:
+        """The error for a request whose worker dropped it; the worker is taken out of rotation."""
+        over = worker.over_memory or self.memory.exceeded(worker.pid, worker.cgroup, pool.scaling.memory)
+        if pool.forget(worker, f"went over its memory limit of {pool.scaling.memory_mib} MiB" if over else
+                       f"dropped a request ({why})"):
+            self.on_change(pool)
+        if over:
+            return MemoryExceeded(
+                f"the worker serving {pool.label} (pid {worker.pid}) went over its memory limit of "
+                f"{pool.scaling.memory_mib} MiB (resources.memory) and was stopped; this request was not completed",
+                hint=f"raise resources.memory in fnpack.yaml, or send smaller requests; a new worker starts "
+                     "with the next request")
+        return WorkerLost(f"the worker serving {pool.label} (pid {worker.pid}) stopped before it answered ({why}); "
+                          "it exited or crashed, and this request was not completed",
+                          hint=f"`fnpack logs {pool.function}` shows why; retrying the request starts a new worker")
+
+    def _stop(self, pool: VersionPool, worker: Worker, why: str, sig: int = signal.SIGTERM) -> None:
+        if pool.forget(worker, why):
+            self.on_change(pool)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, sig)
+
     # --- processes ----------------------------------------------------------------------------
 
     async def _launch(self, pool: VersionPool) -> Worker:
-        zygote = await self.zygote(pool.key, pool.root)
+        if self._prepare is not None:  # the platform verifies and locks the version's tree first
+            await self._prepare(pool)
+        zygote = await self.zygote(pool)
         self._spawned += 1
-        socket_path = str(self.run_dir / f"w{self._spawned}.sock")
-        pid = await zygote.spawn(self._spawned, {
-            "root": str(pool.root), "socket": socket_path, "log": str(pool.log), "label": pool.label,
-            "env": {"FNPACK_MODEL_VERSION": str(pool.number), "FNPACK_FUNCTION": pool.function}})
-        worker = Worker(pid, socket_path)
+        spawn_id = self._spawned
+        socket_path = str(pool.folder / f"w{spawn_id}.sock")
+        workdir = pool.folder / f"w{spawn_id}"
+        self._spawning[spawn_id] = pool
+        try:
+            pid = await zygote.spawn(spawn_id, {
+                "root": str(pool.root), "socket": socket_path, "workdir": str(workdir), "label": pool.label,
+                "hold": self.memory.hold_at_fork,
+                "env": {"FNPACK_MODEL_VERSION": str(pool.number), "FNPACK_FUNCTION": pool.function}})
+        finally:
+            self._spawning.pop(spawn_id, None)
+        worker = Worker(pid, socket_path, workdir, self._groups.get(pid))
         self._owners[pid] = (pool, worker)
         return worker
 
-    async def zygote(self, key: str, root: Path) -> Zygote:
-        """The running zygote for a dependency set, started from `root` if there is none."""
+    def _forked(self, spawn_id: int, pid: int) -> None:
+        pool = self._spawning.get(spawn_id)
+        if pool is None:  # its start was given up already: let it go on, to fail or be reaped
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+            return
+        try:
+            self._groups[pid] = self.memory.attach(f"w{spawn_id}", pid, pool.scaling.memory)
+        except OSError as exc:
+            log_line(pool.log, f"{pool.label}: cannot limit the memory of worker pid {pid}: {exc}")
+
+    def _retiring(self, pid: int, reason: str) -> None:
+        owner = self._owners.get(pid)
+        if owner is not None:
+            self._stop(owner[0], owner[1], f"retiring: {reason}")
+
+    async def zygote(self, pool: VersionPool) -> Zygote:
+        """The running zygote for a function's dependency set, started from `pool.root` if there is none."""
+        key = (pool.function, pool.key)
         task = self._zygotes.get(key)
         if task is not None and task.done() and (task.exception() or not task.result().alive):
             task = None
         if task is None:
-            zygote = Zygote(root, self.logs_dir / "platform.log", self._exited)
+            zygote = Zygote(pool.root, pool.log, self._exited, pool.principal, pool.folder, self._forked,
+                            self._retiring)
             task = asyncio.get_running_loop().create_task(self._start_zygote(zygote))
             self._zygotes[key] = task
         return await asyncio.shield(task)
@@ -415,16 +527,21 @@ class WorkerPool:
         return zygote
 
     def _exited(self, pid: int, status: str) -> None:
+        self.memory.release(self._groups.pop(pid, None))
         owner = self._owners.pop(pid, None)
         if owner is None:
             return
         pool, worker = owner
+        if worker.workdir is not None:
+            shutil.rmtree(worker.workdir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(worker.socket)
         if pool.forget(worker, f"exited: {status}"):
             self.on_change(pool)
         else:  # dropped already (idle-stopped, or found dead by a request): record how it ended
             log_line(pool.log, f"{pool.label}: worker pid {worker.pid} exited: {status}")
 
-    # --- scaling -------------------------------------------------------------------------------
+    # --- scaling and limits --------------------------------------------------------------------
 
     def start_reaper(self, every: float = 0.25) -> None:
         async def reap() -> None:
@@ -437,6 +554,12 @@ class WorkerPool:
                         pool.stop_worker(worker, f"idle for {pool.scaling.idle_timeout:g} s")
                     if doomed:
                         self.on_change(pool)
+                    if not self.memory.cgroups:  # the watchdog: the kernel does it with cgroups
+                        for worker in list(pool.workers):
+                            if self.memory.exceeded(worker.pid, None, pool.scaling.memory):
+                                worker.over_memory = True
+                                self._stop(pool, worker, f"went over its memory limit of "
+                                                         f"{pool.scaling.memory_mib} MiB", signal.SIGKILL)
 
         self._reaper = asyncio.get_running_loop().create_task(reap())
 
@@ -462,3 +585,4 @@ class WorkerPool:
                 await task.result().stop()
             else:
                 task.cancel()
+        self.memory.close()

@@ -14,13 +14,13 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fnpack.runtime import oip
 from fnpack.runtime.batching import Batcher
-from fnpack.runtime.function import Function, RequestError
+from fnpack.runtime.function import BadRequest, Function, RequestError, loads
 from fnpack.runtime.metrics import Metrics
+from fnpack.runtime.watchdog import GuardedExecutor
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -48,7 +48,12 @@ class Response:
 
 
 def json_response(status: int, data: Any) -> Response:
-    return Response(status, json.dumps(data).encode())
+    try:  # allow_nan=False: an answer with NaN or Infinity in it is not JSON; strict clients cannot read it
+        return Response(status, json.dumps(data, allow_nan=False).encode())
+    except ValueError as exc:
+        log.error("an answer is not JSON: %s", exc)
+        raise HTTPError(500, "function_error", f"the answer cannot be sent as JSON: {exc} (NaN or Infinity; "
+                        "the score function must return finite numbers, or null)") from None
 
 
 def create_app(function: Function, max_body: int | None = None, threads: int | None = None) -> ASGIApp:
@@ -62,7 +67,7 @@ class FunctionApp:
         self.version = os.environ.get("FNPACK_MODEL_VERSION", "1")
         # Sized by the CPUs this process may use (taskset, cgroups), not by the machine's count.
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self.executor = ThreadPoolExecutor(threads or min(4, cpus), thread_name_prefix="fnpack")
+        self.executor = GuardedExecutor(threads or min(4, cpus))
         self.metrics = Metrics(function.name)
         self.metrics.model_load_seconds = function.load_seconds
         batching = function.spec.get("batching")
@@ -159,9 +164,9 @@ class FunctionApp:
     async def invoke(self, scope: Scope, receive: Receive) -> Response:
         body = await self._body(receive)
         try:
-            request = json.loads(body)
-        except ValueError as exc:
-            raise HTTPError(400, "bad_request", f"the body is not JSON: {exc}",
+            request = loads(body)
+        except BadRequest as exc:
+            raise HTTPError(400, "bad_request", str(exc),
                             expected="a JSON record, or a JSON array of records") from None
         if isinstance(request, list):
             results = await self._timed(self._in_thread(self.function.call_many, request))
@@ -180,7 +185,10 @@ class FunctionApp:
             length = int(header_length) if header_length is not None else None
         except ValueError:
             raise HTTPError(400, "bad_request", "Inference-Header-Content-Length is not an integer") from None
-        request = oip.decode_request(body, length, self.function.inputs)
+        try:
+            request = oip.decode_request(body, length, self.function.inputs)
+        except BadRequest as exc:
+            raise HTTPError(400, "bad_request", str(exc), expected="an Open Inference Protocol request") from None
         outputs = await self._timed(self._in_thread(self.function.run, request.inputs))
         payload, headers = oip.encode_response(self.function.name, self.version, request, outputs,
                                                self.function.outputs)
@@ -213,8 +221,12 @@ class FunctionApp:
 
     async def _timed(self, work: Awaitable[Any]) -> Any:
         # asyncio.timeout arms one timer; wait_for would also wrap the work in a task per request.
-        async with asyncio.timeout(self.function.timeout):
-            return await work
+        try:
+            async with asyncio.timeout(self.function.timeout):
+                return await work
+        except TimeoutError:
+            self.executor.overran(self.function.timeout)  # the thread goes on: stop it, or retire
+            raise
 
 
 def _record_error(index: int, exc: Exception) -> Exception:
