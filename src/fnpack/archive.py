@@ -20,6 +20,7 @@ import json
 import lzma
 import os
 import re
+import reprlib
 import stat
 import struct
 import threading
@@ -48,7 +49,14 @@ _METHODS = {
 }
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then name and extra field lengths
 _LOCAL_SIGNATURE = b"PK\x03\x04"
+_DIRECTORY_RECORD = struct.Struct("<4s4xH18xHHH12x")  # signature, flags, name, extra and comment lengths
+_ZIP64_END = 56 + 20  # the zip64 end record and its locator, which precede the classic end record
+_RECORD_ALLOWANCE = 1024  # central directory bytes per allowed entry; real records take ~100
+_MAX_NAME = 1024  # characters in an entry's path (and a manifest's); real ones stay far below
+MAX_MANIFEST_SIZE = 16 << 20  # fnpack.json takes ~150 bytes per file: 3 MiB at the entry limit
 _DRIVE = re.compile(r"[A-Za-z]:")
+_REPR = reprlib.Repr()  # values quoted in messages: bounded in length and depth
+_REPR.maxstring = _REPR.maxother = 100
 _UNSAFE_HINT = "the archive is unsafe to unpack; rebuild it with `fnpack build` or get it from a trusted source"
 _CORRUPT_HINT = "the archive is damaged or tampered with; rebuild it or download it again"
 
@@ -119,11 +127,17 @@ class SafeArchive:
             )
         fp.seek(0)
         try:
+            _count_entries(path, fp, limits)
             self._zip = zipfile.ZipFile(fp)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as exc:
-            raise ArchiveError(f"{path} is not a zip archive ({exc})", hint="fnpack archives are zip files") from exc
+        # zipfile raises more than BadZipFile for a forged directory: NotImplementedError for a "version
+        # needed to extract" it does not know, UnicodeDecodeError for names, OverflowError for offsets.
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError,
+                OverflowError) as exc:
+            raise ArchiveError(f"{path} is not a zip archive ({type(exc).__name__}: {str(exc)[:200]})",
+                               hint="fnpack archives are zip files") from exc
         self._entries: list[_Entry] = []  # in archive order, folders included
         self._files: dict[str, _Entry] = {}  # file and link entries by name, in archive order
+        self._manifest: dict[str, Any] | None = None
         self._check()
 
     def __enter__(self) -> SafeArchive:
@@ -143,17 +157,21 @@ class SafeArchive:
         return b"".join(self._stream(self._file(name)))
 
     def manifest(self) -> dict[str, Any] | None:
+        """fnpack.json, read once and checked against the shape every reader relies on (`_check_manifest`)."""
         if MANIFEST_NAME not in self._files:
             return None
-        try:
-            data = json.loads(self.read(MANIFEST_NAME))
-        except ValueError as exc:  # includes UnicodeDecodeError
-            raise ArchiveError(f"entry {MANIFEST_NAME!r} is not valid JSON: {exc}", hint=_CORRUPT_HINT) from exc
-        if not isinstance(data, dict):
-            raise ArchiveError(
-                f"entry {MANIFEST_NAME!r} must be a JSON object, got {type(data).__name__}", hint=_CORRUPT_HINT
-            )
-        return data
+        if self._manifest is None:
+            size = self._files[MANIFEST_NAME].info.file_size
+            if size > MAX_MANIFEST_SIZE:
+                raise ArchiveError(f"entry {MANIFEST_NAME!r} is {size} bytes, over the limit of {MAX_MANIFEST_SIZE}",
+                                   hint=_CORRUPT_HINT)
+            try:
+                data = json.loads(self.read(MANIFEST_NAME))
+            except (ValueError, RecursionError) as exc:  # ValueError includes UnicodeDecodeError
+                raise ArchiveError(f"entry {MANIFEST_NAME!r} is not valid JSON: {str(exc)[:200]}",
+                                   hint=_CORRUPT_HINT) from exc
+            self._manifest = _check_manifest(data, self.limits.max_entries)
+        return self._manifest
 
     def verify(self) -> list[str]:
         """What differs between the manifest's `files` and the archive; [] when the archive is intact."""
@@ -161,7 +179,7 @@ class SafeArchive:
         if manifest is None:
             raise ArchiveError(f"{self.path} has no {MANIFEST_NAME}", hint="only archives built by fnpack can be verified")
         listed = manifest.get("files")
-        if not isinstance(listed, dict) or not all(isinstance(v, dict) for v in listed.values()):
+        if listed is None:
             raise ArchiveError(
                 f"entry {MANIFEST_NAME!r} has no 'files' object mapping paths to {{size, sha256}}", hint=_CORRUPT_HINT
             )
@@ -242,13 +260,7 @@ class SafeArchive:
 
     def _check(self) -> None:
         """Every check that needs no decompression, then the symlinks' targets."""
-        infos = self._zip.infolist()
-        if len(infos) > self.limits.max_entries:
-            raise ArchiveError(
-                f"{self.path} has {len(infos)} entries, over the limit of {self.limits.max_entries} "
-                f"(first one over: {infos[self.limits.max_entries].orig_filename!r})",
-                hint=_UNSAFE_HINT,
-            )
+        infos = self._zip.infolist()  # _count_entries checked their number
         entries: dict[str, _Entry] = {}  # by name without a folder's trailing "/", which collides on disk
         total = 0
         for info in infos:
@@ -285,6 +297,9 @@ class SafeArchive:
 
     def _locate(self, entry: _Entry) -> _Entry:
         """Find the entry's data through its local header, which must agree with the central directory."""
+        if not 0 <= entry.info.header_offset < self._zip.start_dir:  # seek() fails on negative or 2**63
+            raise ArchiveError(f"entry {entry.name!r}: its local header offset {entry.info.header_offset} is "
+                               f"outside the archive's data (0 to {self._zip.start_dir})", hint=_CORRUPT_HINT)
         with self._lock:
             self._fp.seek(entry.info.header_offset)
             header = self._fp.read(_LOCAL_HEADER.size)
@@ -325,7 +340,7 @@ class SafeArchive:
         info = entry.info
         size, crc = 0, 0
         try:
-            for chunk in _decompress(info.compress_type, self._raw(entry)):
+            for chunk in _decompress(info.compress_type, self._raw(entry), info.file_size):
                 size += len(chunk)
                 if size > info.file_size:
                     raise ArchiveError(
@@ -357,9 +372,114 @@ class SafeArchive:
             yield data
 
 
+def _count_entries(path: Path, fp: BinaryIO, limits: Limits) -> None:
+    """Refuse too many entries before zipfile makes an object of each: a forged directory of a
+    million 46-byte records costs it 7 s and 700 MB. Raises nothing when zipfile will say it is no zip."""
+    end = zipfile._EndRecData(fp)  # zipfile's own reader of the end record, so that both see one directory
+    if not end:
+        return
+    size = end[zipfile._ECD_SIZE]
+    start = end[zipfile._ECD_LOCATION] - size - (_ZIP64_END if end[0] == zipfile.stringEndArchive64 else 0)
+    if size > limits.max_entries * _RECORD_ALLOWANCE:
+        raise ArchiveError(f"{path} has a central directory of {size} bytes, over the limit of "
+                           f"{limits.max_entries * _RECORD_ALLOWANCE} for {limits.max_entries} entries",
+                           hint=_UNSAFE_HINT)
+    if start < 0:
+        return
+    fp.seek(start)
+    directory = fp.read(size)
+    count = position = 0
+    first_over = ""
+    while position + _DIRECTORY_RECORD.size <= len(directory):  # as zipfile walks it; it checks signatures
+        _, flags, name_length, extra_length, comment_length = _DIRECTORY_RECORD.unpack_from(directory, position)
+        if count == limits.max_entries:
+            at = position + _DIRECTORY_RECORD.size
+            name = directory[at:at + min(name_length, 100)]
+            first_over = name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        count += 1
+        position += _DIRECTORY_RECORD.size + name_length + extra_length + comment_length
+    if count > limits.max_entries:
+        raise ArchiveError(f"{path} has {count} entries, over the limit of {limits.max_entries} "
+                           f"(first one over: {first_over!r})", hint=_UNSAFE_HINT)
+
+
+# The keys of a built manifest that inspect, the targets, the platform and the runtime index, with their
+# types, parents first; "a.b" is key b of the object at a.
+_BUILT_MANIFEST: dict[str, type] = {
+    "format": int, "name": str, "target": str, "runtime": str, "python": str, "arch": str, "fnpack_version": str,
+    "handlers": dict, "handlers.asgi": str, "handlers.lambda": str,
+    "spec": dict, "spec.name": str, "spec.model": str, "spec.resources": dict, "spec.scaling": dict,
+    "model": dict, "model.path": str, "model.ir_version": int, "model.opsets": dict,
+    "model.inputs": list, "model.outputs": list,
+}
+_MANIFEST_FORMAT = 1
+_TENSOR_HINT = '{"name": a string, "dtype": a string, "shape": a list of integers}'
+
+
+def _check_manifest(data: Any, max_files: int) -> dict[str, Any]:
+    """fnpack.json, checked once so that no reader meets a missing key or a wrong type.
+
+    A manifest may hold `files` alone (what verify() needs: an archive made with other tools);
+    one with any key of a built manifest must have them all.
+    """
+    if not isinstance(data, dict):
+        raise _manifest_error(f"must be a JSON object, got {type(data).__name__}")
+    files = data.get("files", {})
+    if not isinstance(files, dict):
+        raise _manifest_error(f"'files' must be an object mapping paths to {{size, sha256}}, got {_short(files)}")
+    if len(files) > max_files:
+        raise _manifest_error(f"lists {len(files)} files, over the limit of {max_files} entries")
+    for name, want in files.items():
+        size = want.get("size") if isinstance(want, dict) else None
+        if (len(name) > _MAX_NAME or not _is_int(size) or size < 0 or not isinstance(want.get("sha256"), str)
+                or not isinstance(want.get("owner", ""), str)):
+            raise _manifest_error(f"files[{_short(name)}] must be {{\"size\": an integer >= 0, \"sha256\": a "
+                                  f"string}} for a path of at most {_MAX_NAME} characters, got {_short(want)}")
+    if not any(key in data for key in _BUILT_MANIFEST if "." not in key):
+        return data
+    for path, kind in _BUILT_MANIFEST.items():
+        *parents, key = path.split(".")
+        node = data
+        for parent in parents:
+            node = node[parent]  # checked to be an object before its keys
+        if key not in node:
+            raise _manifest_error(f"has no {path!r}; expected {kind.__name__} (a manifest written by fnpack build)")
+        value = node[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise _manifest_error(f"{path!r} must be {kind.__name__}, got {_short(value)}")
+        if kind is str and len(value) > _MAX_NAME:  # names and versions, which messages quote
+            raise _manifest_error(f"{path!r} is {len(value)} characters long; expected at most {_MAX_NAME}")
+    if data["format"] != _MANIFEST_FORMAT:
+        raise ArchiveError(f"entry {MANIFEST_NAME!r} has format {data['format']}; this fnpack reads format "
+                           f"{_MANIFEST_FORMAT}", hint="use the fnpack version that built the archive, or rebuild it")
+    for key in ("inputs", "outputs"):
+        for index, tensor in enumerate(data["model"][key]):
+            if not (isinstance(tensor, dict) and isinstance(tensor.get("name"), str)
+                    and isinstance(tensor.get("dtype"), str) and isinstance(tensor.get("shape"), list)
+                    and all(_is_int(d) for d in tensor["shape"])):
+                raise _manifest_error(f"'model.{key}[{index}]' must be {_TENSOR_HINT}, got {_short(tensor)}")
+    return data
+
+
+def _manifest_error(problem: str) -> ArchiveError:
+    return ArchiveError(f"entry {MANIFEST_NAME!r} {problem}", hint=_CORRUPT_HINT)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    """A value from the archive, quoted for a message: a crafted one may be megabytes long or deep."""
+    return _REPR.repr(value)
+
+
 def _check_entry(info: zipfile.ZipInfo, limits: Limits) -> _Entry:
     """The checks one central directory record allows: name, encryption, method, type, ratio."""
     name = info.orig_filename  # ZipInfo.filename is cut at the first NUL byte
+    if len(name) > _MAX_NAME:  # before any message quotes it
+        raise ArchiveError(f"entry {name[:100]!r}... has a name of {len(name)} characters; expected at most "
+                           f"{_MAX_NAME}", hint=_UNSAFE_HINT)
     problem = _path_problem(name)
     if problem:
         raise ArchiveError(f"entry {name!r} {problem}", hint=_UNSAFE_HINT)
@@ -447,12 +567,12 @@ def _make_folders(dest: Path, parts: list[str], created: list[Path], folders: se
     return path
 
 
-def _decompress(method: int, raw: Iterator[bytes]) -> Iterator[bytes]:
+def _decompress(method: int, raw: Iterator[bytes], size: int) -> Iterator[bytes]:
     """Decompressed chunks of at most _CHUNK bytes (Deflate64: see _DEFLATE64_RAW_CHUNK)."""
     if method == zipfile.ZIP_STORED:
         yield from raw
         return
-    decompressor = _decompressor(method)
+    decompressor = _decompressor(method, size)
     for data in raw:
         while True:
             out = decompressor.decompress(data, _CHUNK)
@@ -465,13 +585,13 @@ def _decompress(method: int, raw: Iterator[bytes]) -> Iterator[bytes]:
                 break
 
 
-def _decompressor(method: int) -> _Decompressor:
+def _decompressor(method: int, size: int) -> _Decompressor:
     if method == zipfile.ZIP_DEFLATED:
         return _Inflate()
     if method == zipfile.ZIP_BZIP2:
         return bz2.BZ2Decompressor()
     if method == zipfile.ZIP_LZMA:
-        return _ZipLZMA()
+        return _ZipLZMA(size)
     return _Deflate64()
 
 
@@ -495,7 +615,8 @@ class _Inflate:
 class _ZipLZMA:
     """LZMA as zip stores it: a 4-byte version and size header, the filter properties, then a raw stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
+        self._size = size  # what the entry declares it decompresses to
         self._lzma: lzma.LZMADecompressor | None = None
 
     @property
@@ -512,6 +633,9 @@ class _ZipLZMA:
             lc_lp_pb, dict_size = struct.unpack_from("<BI", data, 4)  # the first 5 of `size` property bytes
             lp_pb, lc = divmod(lc_lp_pb, 9)
             pb, lp = divmod(lp_pb, 5)
+            # liblzma allocates the declared dictionary (up to 4 GiB) at once; no match reaches further
+            # back than the entry's own size, so that is all the dictionary it needs.
+            dict_size = max(min(dict_size, self._size), 4096)
             lzma1 = {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}
             self._lzma = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[lzma1])
             data = data[4 + size :]

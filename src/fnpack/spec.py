@@ -18,12 +18,13 @@ SPEC_FILE = "fnpack.yaml"
 RUNTIMES = ("python3.11", "python3.12")
 DTYPES = ("bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
           "float16", "float32", "float64", "string")
+# Used with fullmatch() only: `$` also matches before a final newline. re.ASCII: `\d` and `\w` take any script.
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 CALLABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 DEPLOY_TARGETS = ("local", "aws-lambda", "knative", "openfaas")
-ROLE_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+ROLE_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$", re.ASCII)
 BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-REGION_PATTERN = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+REGION_PATTERN = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$", re.ASCII)
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # Lambda sets these itself and refuses them in a function's environment.
 LAMBDA_RESERVED_ENV = frozenset({
@@ -128,21 +129,21 @@ class AwsLambdaSettings(_Strict):
     @field_validator("region")
     @classmethod
     def _region(cls, region: str | None) -> str | None:
-        if region is not None and not REGION_PATTERN.match(region):
+        if region is not None and not REGION_PATTERN.fullmatch(region):
             raise ValueError(f"{region!r} is not an AWS region name (e.g. 'eu-west-1')")
         return region
 
     @field_validator("role")
     @classmethod
     def _role_arn(cls, role: str | None) -> str | None:
-        if role is not None and not ROLE_ARN_PATTERN.match(role):
+        if role is not None and not ROLE_ARN_PATTERN.fullmatch(role):
             raise ValueError(f"{role!r} is not an IAM role ARN (e.g. 'arn:aws:iam::123456789012:role/fnpack-lambda')")
         return role
 
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, bucket: str | None) -> str | None:
-        if bucket is not None and (not BUCKET_PATTERN.match(bucket) or ".." in bucket):
+        if bucket is not None and (not BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket):
             raise ValueError(f"{bucket!r} is not an S3 bucket name (3-63 lower-case letters, digits, '.', '-')")
         return bucket
 
@@ -150,7 +151,7 @@ class AwsLambdaSettings(_Strict):
     @classmethod
     def _env_names(cls, environment: dict[str, str]) -> dict[str, str]:
         for key in environment:
-            if not ENV_NAME_PATTERN.match(key):
+            if not ENV_NAME_PATTERN.fullmatch(key):
                 raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '_')")
             if key in LAMBDA_RESERVED_ENV:
                 raise ValueError(f"{key!r} is reserved by AWS Lambda; pick another name")
@@ -192,7 +193,7 @@ class FunctionSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _dns_label(cls, name: str) -> str:
-        if len(name) > 40 or not NAME_PATTERN.match(name):
+        if len(name) > 40 or not NAME_PATTERN.fullmatch(name):
             raise ValueError(
                 f"{name!r} is not a lower-case DNS label of at most 40 characters "
                 "(letters, digits and '-', starting with a letter, e.g. 'iris-classifier')"
@@ -209,7 +210,7 @@ class FunctionSpec(_Strict):
     @field_validator("features", "score")
     @classmethod
     def _callable_ref(cls, ref: str | None) -> str | None:
-        if ref is not None and not CALLABLE_PATTERN.match(ref):
+        if ref is not None and not CALLABLE_PATTERN.fullmatch(ref):
             raise ValueError(f"{ref!r} is not of the form 'module:callable' (e.g. 'features:extract')")
         return ref
 

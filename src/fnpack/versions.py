@@ -19,8 +19,11 @@ from fnpack.spec import NAME_PATTERN
 
 DEFAULT_ALIAS = "live"
 # Lower-case like function names (a Knative traffic tag is a DNS label); not all digits, so
-# that NAME:3 always means version 3.
-ALIAS_PATTERN = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+# that NAME:3 always means version 3. Every name pattern is used with fullmatch(): `$` also
+# matches before a final newline, which let "live\n" through.
+ALIAS_PATTERN = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+# ASCII digits only (str.isdigit() takes "²", which int() refuses), and few enough for SQLite.
+VERSION_PATTERN = re.compile(r"[0-9]{1,9}")
 
 
 class AliasError(UsageError):
@@ -37,16 +40,16 @@ class Qualifier:
     def parse(cls, text: str) -> Qualifier:
         """NAME, NAME:ALIAS or NAME:VERSION; checked before it names anything on disk or in a URL."""
         name, sep, rest = text.partition(":")
-        if len(name) > 40 or not NAME_PATTERN.match(name):
+        if len(name) > 40 or not NAME_PATTERN.fullmatch(name):
             raise UsageError(f"{text!r}: {name!r} is not a function name (a lower-case DNS label, at most 40 "
                              "characters)", hint="qualifiers are NAME, NAME:ALIAS or NAME:VERSION, e.g. iris:live")
         if not sep:
             return cls(name)
-        if rest.isdigit():
+        if VERSION_PATTERN.fullmatch(rest):
             if int(rest) < 1:
                 raise UsageError(f"{text!r}: versions start at 1")
             return cls(name, version=int(rest))
-        if not ALIAS_PATTERN.match(rest):
+        if not ALIAS_PATTERN.fullmatch(rest):
             raise UsageError(f"{text!r}: {rest!r} is neither a version number nor an alias name "
                              "(lower-case letters, digits and '-', starting with a letter)")
         return cls(name, alias=rest)

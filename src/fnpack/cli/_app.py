@@ -65,7 +65,9 @@ def print_breakdown(report: dict[str, Any], console: Console, top: int = 8) -> N
     from fnpack.build.budget import human
 
     console.print("  largest  " + ", ".join(f"{p['name']} {human(p['size'])} ({p['share']:.0%})"
-                                            for p in report.get("packages", [])[:top]), highlight=False)
+                                            for p in report.get("packages", [])[:top]), highlight=False,
+                  markup=False)  # names from an archive may hold "[/]"
     if top > 3:
         for f in report.get("largest_files", [])[:top]:
-            console.print(f"           {f['path']}  {human(f['size'])} ({f['share']:.0%})", highlight=False)
+            console.print(f"           {f['path']}  {human(f['size'])} ({f['share']:.0%})", highlight=False,
+                          markup=False)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 
 from fnpack import __version__
-from fnpack.cli._app import app, build_progress, err, handle_errors, out, print_breakdown
+from fnpack.cli._app import app, build_progress, err, handle_errors, out, print_breakdown, say
 from fnpack.errors import SpecError
 
 TEMPLATES = {"tabular": "iris", "image": "digits"}
@@ -150,19 +150,21 @@ def version() -> None:
 
 
 def _print_inspection(report: dict[str, Any]) -> None:
+    from rich.markup import escape
+
     from fnpack.build.budget import human
 
     m = report.get("manifest") or {}
-    out.print(f"[bold]{report['path']}[/]", highlight=False)
+    out.print(f"[bold]{escape(report['path'])}[/]", highlight=False)
     out.print(f"  sha256   {report['sha256']}\n  intact   {'yes' if report['intact'] else '[red]no[/]'}",
               highlight=False)
-    for problem in report["problems"][:20]:
-        out.print(f"           [red]{problem}[/]", highlight=False)
-    if m:
-        out.print(f"  function {m.get('name')} ({m.get('target')}, {m.get('runtime')}, {m.get('arch')})\n"
-                  f"  handlers asgi {m['handlers']['asgi']}, lambda {m['handlers']['lambda']}\n"
-                  f"  model    {m['model']['path']} (IR {m['model']['ir_version']}, opsets {m['model']['opsets']})\n"
-                  f"  built by fnpack {m.get('fnpack_version')}", highlight=False)
+    for problem in report["problems"][:20]:  # escape(): names from the archive may hold "[/]", which is markup
+        out.print(f"           [red]{escape(problem)}[/]", highlight=False)
+    if "handlers" in m:  # a built manifest, whose keys the safe reader checked; one of `files` alone has none
+        say(f"  function {m['name']} ({m['target']}, {m['runtime']}, {m['arch']})\n"
+            f"  handlers asgi {m['handlers']['asgi']}, lambda {m['handlers']['lambda']}\n"
+            f"  model    {m['model']['path']} (IR {m['model']['ir_version']}, opsets {m['model']['opsets']})\n"
+            f"  built by fnpack {m['fnpack_version']}")
     out.print(f"  size     {human(report['zipped_size'])} zipped, {human(report['unzipped_size'])} unzipped, "
               f"{report['files']} files", highlight=False)
     print_breakdown(report["breakdown"], out)

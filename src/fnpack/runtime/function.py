@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
 MANIFEST = "fnpack.json"
 log = logging.getLogger("fnpack.runtime")
@@ -26,6 +29,57 @@ NUMPY_DTYPES = {
 
 class RequestError(ValueError):
     """The request does not fit the function: a 4xx, not a crash."""
+
+
+class BadRequest(RequestError):
+    """The body is not JSON at all: a 400, where JSON that does not fit is a 422."""
+
+
+# onnxruntime's errors for inputs it refuses at run time. InvalidArgument is a feed of the wrong rank,
+# size or type; Fail with one of these words is a kernel meeting shapes that do not fit (a symbolic
+# dimension of the wrong size, two batch sizes); other failures are the model's own: a 500.
+_ORT_INPUT_ERRORS = (InvalidArgument, Fail)
+_SHAPE_WORDS = ("dimension", "shape", "broadcast", "rank")
+_HUGE_EXPONENT = re.compile(rb"[0-9][eE]\+?[0-9]{3}")  # a number such as 1e999, which json reads as inf
+
+
+def loads(body: bytes, what: str = "the body", finite: bool = True) -> Any:
+    """A request's JSON. BadRequest when it is not JSON, or nests deeper than the parser's recursion
+    limit (json.loads raises RecursionError). With `finite`, a RequestError naming where a NaN or an
+    Infinity is: Python's json reads them (the literals, and 1e999), JSON has no such numbers, and
+    the model would answer NaN for them."""
+    found: list[str] = []
+
+    def constant(literal: str) -> float:
+        found.append(literal)
+        return float(literal)
+
+    try:
+        value = json.loads(body, parse_constant=constant if finite else None)
+    except RecursionError:
+        raise BadRequest(f"{what} nests JSON arrays or objects too deeply to parse (the limit is "
+                         f"about {sys.getrecursionlimit()} levels)") from None
+    except ValueError as exc:  # includes UnicodeDecodeError
+        raise BadRequest(f"{what} is not JSON: {exc}") from None
+    if finite and (found or _HUGE_EXPONENT.search(body)):  # the walk only when there may be one
+        where = _non_finite_at(value)
+        if where is not None:
+            raise RequestError(f"{where[0]} is {where[1]}, which is not a JSON number; "
+                               "expected a finite number (or null for a missing value)")
+    return value
+
+
+def _non_finite_at(value: Any) -> tuple[str, str] | None:
+    """Where the first NaN or Infinity is in parsed JSON, e.g. "'petal_length'" or "[2]['x']", and which."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:  # iterative: the document may nest as deep as the parser allows
+        path, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return path or "the value", "NaN" if math.isnan(node) else "Infinity" if node > 0 else "-Infinity"
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        stack.extend(reversed([(f"{path}[{key!r}]" if path or not isinstance(key, str) else repr(key), child)
+                               for key, child in items]))
+    return None
 
 
 class Function:
@@ -44,6 +98,7 @@ class Function:
         self.inputs: dict[str, dict[str, Any]] = {i["name"]: i for i in self.manifest["model"]["inputs"]}
         self.outputs: dict[str, dict[str, Any]] = {o["name"]: o for o in self.manifest["model"]["outputs"]}
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.shared_dims = _shared_dims(self.session.get_inputs())
         self.extract = _load_callable(spec.get("features"))
         self.score = _load_callable(spec.get("score"))
         # Records can share one model call when every input's first dimension is the batch.
@@ -66,7 +121,22 @@ class Function:
         return self.score(outputs) if self.score else {k: v.tolist() for k, v in outputs.items()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(None, feeds)))
+        """The model's outputs; a RequestError when the inputs' shapes do not fit the model."""
+        for symbol, axes in self.shared_dims.items():  # what onnxruntime would only say as a kernel error
+            sizes = [(name, feeds[name].shape[axis]) for name, axis in axes
+                     if name in feeds and feeds[name].ndim > axis]
+            if len({size for _, size in sizes}) > 1:
+                got = ", ".join(f"{name!r} {size}" for name, size in sizes)
+                raise RequestError(f"the inputs must agree on the dimension the model calls {symbol!r}; got {got}")
+        try:
+            return dict(zip(self.output_names, self.session.run(None, feeds)))
+        except _ORT_INPUT_ERRORS as exc:
+            message = str(exc).split("Status Message: ")[-1].split(" : ", 3)[-1]
+            if isinstance(exc, Fail) and not any(word in message.lower() for word in _SHAPE_WORDS):
+                raise
+            shapes = ", ".join(f"{name!r} {list(array.shape)}" for name, array in feeds.items())
+            raise RequestError(f"the model cannot run on inputs of shapes {shapes}: {message[:300]}; expected "
+                               + ", ".join(f"{n!r} {i['shape']} (-1: any)" for n, i in self.inputs.items())) from None
 
     def call_many(self, requests: list[Any]) -> list[Any]:
         """Answers (or the exception, per record) for many records, in one model call when possible."""
@@ -115,6 +185,16 @@ class Function:
             raise RequestError(f"inputs do not match the model: missing {missing}, unexpected {extra}; "
                                f"expected {sorted(self.inputs)}")
         return {name: as_tensor(name, value, self.inputs[name]) for name, value in feeds.items()}
+
+
+def _shared_dims(inputs: list[Any]) -> dict[str, list[tuple[str, int]]]:
+    """Symbolic dimensions (e.g. "batch") that several inputs have: their sizes must be equal."""
+    axes: dict[str, list[tuple[str, int]]] = {}
+    for arg in inputs:
+        for axis, dim in enumerate(arg.shape):
+            if isinstance(dim, str) and dim:
+                axes.setdefault(dim, []).append((arg.name, axis))
+    return {symbol: found for symbol, found in axes.items() if len(found) > 1}
 
 
 def as_tensor(name: str, value: Any, spec: dict[str, Any]) -> np.ndarray:

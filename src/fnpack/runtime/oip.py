@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fnpack import __version__
-from fnpack.runtime.function import RequestError
+from fnpack.runtime.function import RequestError, loads
 
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -75,10 +75,8 @@ def decode_request(body: bytes, header_length: int | None, inputs: dict[str, dic
             raise RequestError(f"Inference-Header-Content-Length is {header_length}, "
                                f"expected 1 to {len(body)} (the body's size)")
         header_bytes, binary = body[:header_length], memoryview(body)[header_length:]
-    try:
-        header = json.loads(header_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(f"the inference request is not JSON: {exc}") from None
+    # NaN and Infinity are refused per input, in _from_json, where the message can name it.
+    header = loads(header_bytes, what="the inference request", finite=False)
     if not isinstance(header, dict):
         raise RequestError(f"the inference request must be a JSON object, got {type(header).__name__}")
 
@@ -200,6 +198,9 @@ def _from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndar
     if array.size and array.dtype.kind not in kinds:  # numpy would happily cast "1.5" or 2.7 -> int
         what = {"b": "true/false", "iu": "integers", "iuf": "numbers"}[kinds]
         raise RequestError(f"input {name!r}: {datatype} data must be {what}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():  # json reads NaN and Infinity (and 1e999)
+        raise RequestError(f"input {name!r}: 'data' holds NaN or Infinity, which are not JSON numbers; "
+                           f"expected finite {datatype} numbers")
     target = DATATYPES[datatype]
     if array.size and target.kind in "iu":
         info = np.iinfo(target)
@@ -209,11 +210,15 @@ def _from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndar
 
 
 def _flatten(data: list[Any]) -> Any:
-    for item in data:
-        if isinstance(item, list):
-            yield from _flatten(item)
-        else:
+    stack = [iter(data)]  # iterative: data may nest as deep as the JSON parser allows
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
             yield item
+        else:
+            stack.pop()
 
 
 def _from_binary(name: str, datatype: str, shape: list[int], chunk: memoryview) -> np.ndarray:

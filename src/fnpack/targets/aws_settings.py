@@ -64,11 +64,11 @@ class LambdaSettings:
     def checked(self, source: str = "the command line") -> LambdaSettings:
         """Refuse malformed values with what was expected; returns self."""
         problems = []
-        if self.region is not None and not REGION_PATTERN.match(self.region):
+        if self.region is not None and not REGION_PATTERN.fullmatch(self.region):
             problems.append(f"region {self.region!r} is not an AWS region name (e.g. eu-west-1)")
-        if self.role is not None and not ROLE_ARN_PATTERN.match(self.role):
+        if self.role is not None and not ROLE_ARN_PATTERN.fullmatch(self.role):
             problems.append(f"role {self.role!r} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
-        if self.bucket is not None and not BUCKET_PATTERN.match(self.bucket):
+        if self.bucket is not None and not BUCKET_PATTERN.fullmatch(self.bucket):
             problems.append(f"bucket {self.bucket!r} is not an S3 bucket name")
         if self.memory is not None and not 128 <= self.memory <= 10240:
             problems.append(f"memory {self.memory} is out of Lambda's range of 128 to 10240 MB")

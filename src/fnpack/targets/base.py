@@ -169,6 +169,11 @@ def read_deployable(archive: Path, build: str = "fnpack build") -> tuple[dict[st
     if not manifest or not isinstance(manifest.get("name"), str):
         raise ArchiveError(f"{archive} has no fnpack manifest naming its function",
                            hint=f"deploy archives built by `{build}`")
+    try:  # the name becomes a URL path and a registry key; an archive made by hand may name anything
+        Qualifier.function_name(manifest["name"])
+    except UsageError as exc:
+        raise ArchiveError(f"{archive}: its manifest names no valid function: {exc.message}",
+                           hint=f"rebuild it with `{build}`") from None
     if problems:
         raise ArchiveError(f"{archive} is not intact: {problems[0]}" +
                            (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
