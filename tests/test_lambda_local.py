@@ -215,6 +215,8 @@ def test_a_crash_during_an_invocation_is_an_error_not_a_hang(probe: LocalLambda)
 
 
 def test_serve_http_with_a_real_client(iris: LocalLambda) -> None:
+    # The runtime's long-polling connection has a thread of its own: let it exist before counting.
+    assert iris.wait_ready(WAIT)
     before = set(threading.enumerate())
     urls: queue.Queue[str] = queue.Queue()
     stop = threading.Event()

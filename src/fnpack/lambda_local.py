@@ -620,6 +620,9 @@ def url_response(result: InvokeResult) -> tuple[int, list[tuple[str, str]], byte
     return int(payload["statusCode"]), headers, data
 
 
+_DRAIN_MAX = 4 * MAX_PAYLOAD  # the most of a refused body the front server reads before answering
+
+
 class _FrontServer(ThreadingHTTPServer):
     daemon_threads = False  # server_close() waits for requests in flight
     block_on_close = True
@@ -643,6 +646,7 @@ class _FrontHandler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or not length.isdigit():
             return self._send(411, [("content-type", "application/json")], b'{"Message":"Length Required"}')
         if int(length) > MAX_PAYLOAD:
+            self._discard(int(length))
             return self._send(413, [("content-type", "application/json")], b'{"Message":"Request Entity Too Large"}')
         body = self.rfile.read(int(length))
         event = url_event(self.command, self.path, self.headers.items(), body, source_ip=self.client_address[0],
@@ -651,12 +655,22 @@ class _FrontHandler(BaseHTTPRequestHandler):
                                  "x-forwarded-port": str(self.server.server_address[1])})
         self._send(*url_response(self.server.local.invoke(event)))
 
+    def _discard(self, length: int) -> None:
+        """Read a refused body before answering: closing on unread bytes resets the connection, and the
+        reset can destroy the answer before the client reads it. Past _DRAIN_MAX, closing is cheaper."""
+        length = min(length, _DRAIN_MAX)
+        while length > 0 and (chunk := self.rfile.read(min(length, 1 << 16))):
+            length -= len(chunk)
+
     def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.send_response(status)
         for name, value in headers:
             if name.lower() not in ("content-length", "connection", "transfer-encoding"):
                 self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
+        # HTTP/1.1 keeps a connection alive unless the answer says otherwise: a client would
+        # send its next request on a connection this server is closing.
+        self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
