@@ -131,3 +131,68 @@ def test_delete_refuses_versions_in_use_and_removes_unused_archives(tmp_path):
     assert registry.functions() == [] and not registry.archive_path(v2.sha256).exists()
     with pytest.raises(NotFoundError):
         registry.versions("iris")
+
+
+def test_a_version_number_is_never_given_twice(tmp_path):
+    """Deleting the latest version, or the whole function, does not free its number: history,
+    logs and rollback then never point at code that was never there."""
+    registry = Registry(tmp_path / "state")
+    for content in ("a", "b", "c"):
+        registry.deploy(archive(tmp_path, content), "iris", {}, "ana")
+    registry.delete("iris", 3)
+    v4, _ = registry.deploy(archive(tmp_path, "d"), "iris", {}, "ana")
+    assert v4.number == 4
+    registry.delete("iris")
+    again, created = registry.deploy(archive(tmp_path, "a"), "iris", {}, "ana")
+    assert (again.number, created) == (5, True)
+    restarted = Registry(tmp_path / "state")
+    assert restarted.deploy(archive(tmp_path, "e"), "iris", {}, "ana")[0].number == 6
+    assert restarted.deploy(archive(tmp_path, "e"), "digits", {}, "ana")[0].number == 1
+
+
+def test_a_registry_without_counters_goes_on_from_its_highest_number(tmp_path):
+    import sqlite3
+
+    registry = Registry(tmp_path / "state")
+    for content in ("a", "b"):
+        registry.deploy(archive(tmp_path, content), "iris", {}, "ana")
+    with sqlite3.connect(registry.db_path) as db:  # as written before the counters existed
+        db.execute("DELETE FROM counters")
+    assert registry.deploy(archive(tmp_path, "c"), "iris", {}, "ana")[0].number == 3
+
+
+def test_principals_are_stable_small_ids_never_reused(tmp_path):
+    registry = Registry(tmp_path / "state")
+    iris = registry.principal("function", "iris")
+    assert registry.principal("function", "iris") == iris  # asking again does not use up an id
+    digits = registry.principal("function", "digits")
+    other_kind = registry.principal("alias", "iris")
+    assert (iris, digits, other_kind) == (1, 2, 3)
+    registry.deploy(archive(tmp_path, "a"), "iris", {}, "ana")
+    registry.delete("iris")
+    assert Registry(tmp_path / "state").principal("function", "iris") == iris  # survives restarts, deletes
+    assert registry.principal("function", "new") == 4
+
+
+def test_a_read_only_registry_is_a_state_error_naming_the_folder(tmp_path):
+    import subprocess
+
+    from fnpack.errors import StateError
+
+    state = tmp_path / "state"
+    registry = Registry(state)
+    registry.deploy(archive(tmp_path, "a"), "iris", {}, "ana")
+    # A read-only bind mount over the folder: what a filesystem remounted read-only gives SQLite.
+    mounted = subprocess.run(f"mount --bind {state} {state} && mount -o remount,bind,ro {state}", shell=True,
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        subprocess.run(["umount", str(state)], capture_output=True)
+        pytest.skip(f"cannot mount a read-only bind mount here (root needed): {mounted.stderr.strip()}")
+    try:
+        with pytest.raises(StateError, match=f"the state folder {state} cannot be written: .*registry.db"):
+            registry.versions("iris")
+        with pytest.raises(StateError):
+            registry.principal("function", "iris")
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
+    assert [v.number for v in registry.versions("iris")] == [1]  # writable again: back to work

@@ -85,6 +85,19 @@ class OutputError(FnpackError):
     kind = "output"
 
 
+class StateError(FnpackError):
+    """The platform's state folder cannot be written: read-only, gone, or failing (HTTP 503)."""
+
+    exit_code = 9  # like OutputError: a folder fnpack must write to cannot be written
+    kind = "state-folder"
+
+
+class StorageFullError(StateError):
+    """The state folder's filesystem is out of space (HTTP 507)."""
+
+    kind = "storage-full"
+
+
 class ArchiveError(FnpackError):
     """An archive is unreadable, tampered with, or unsafe to unpack."""
 

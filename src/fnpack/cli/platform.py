@@ -229,10 +229,14 @@ def deploy(
                     say(f"  {step.action:<14}{step.summary}")
                 return
             result = remote.execute(plan)
+            notes = list(getattr(remote, "notes", []))  # e.g. the outcome checked after a dropped connection
     if as_json:
         _emit({"dry_run": False, "plan": plan.to_dict(), **result.to_dict(),
-               "build": {"archive": str(built.archive), "sha256": built.sha256} if built else None})
+               "build": {"archive": str(built.archive), "sha256": built.sha256} if built else None,
+               **({"notes": notes} if notes else {})})
         return
+    for note in notes:
+        say_err(f"note     {note}")
     version = result.version
     say(f"deployed {version.function} v{version.number} " +
         ("(new version)" if result.created else "(this archive was already deployed)"))

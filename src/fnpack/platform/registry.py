@@ -6,7 +6,9 @@ before the row that names it is committed, so after a crash a version is
 either complete or absent; an archive without a row is never served and is
 reused by the next deploy of the same bytes. Every change is one
 `BEGIN IMMEDIATE` transaction: concurrent deploys get distinct numbers and
-alias moves are atomic.
+alias moves are atomic. A version number is never given twice, even after its
+version or its function is deleted: a number names one archive forever.
+A read-only or full state folder is a StateError (503/507), not a bare SQLite error.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NoReturn
 
 from fnpack.archive import sha256_file
-from fnpack.errors import ArchiveError, ConflictError, NotFoundError
+from fnpack.errors import ArchiveError, ConflictError, NotFoundError, StateError
+from fnpack.platform.storage import state_error
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version, rollback_step
 
 SCHEMA = """
@@ -37,6 +41,11 @@ CREATE TABLE IF NOT EXISTS aliases (
 CREATE TABLE IF NOT EXISTS alias_history (
     function TEXT NOT NULL, alias TEXT NOT NULL, position INTEGER NOT NULL, move TEXT NOT NULL,
     PRIMARY KEY (function, alias, position));
+-- The last version number given per function; kept when versions (or the function) are deleted.
+CREATE TABLE IF NOT EXISTS counters (function TEXT PRIMARY KEY, last INTEGER NOT NULL);
+-- Ids for (kind, name), e.g. per-function uids: AUTOINCREMENT never hands out an id twice.
+CREATE TABLE IF NOT EXISTS principals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, name TEXT NOT NULL, UNIQUE (kind, name));
 """
 
 
@@ -60,29 +69,42 @@ class Registry:
         self.store = self.state_dir / "archives"
         self.store.mkdir(parents=True, exist_ok=True)
         self.db_path = self.state_dir / "registry.db"
-        db = sqlite3.connect(self.db_path, timeout=30)
         try:
-            db.execute("PRAGMA journal_mode=WAL")  # stored in the file: every later connection uses it
-            db.executescript(SCHEMA)
-        finally:
-            db.close()
+            db = sqlite3.connect(self.db_path, timeout=30)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")  # stored in the file: every later connection uses it
+                db.executescript(SCHEMA)
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            self._raise_state_error(exc)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         # One connection per transaction: safe across threads and processes, and WAL lets
         # readers go on while one writer holds the lock.
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
         try:
-            db.execute("PRAGMA synchronous=FULL")  # a committed deploy survives a power cut
-            db.execute("BEGIN IMMEDIATE")
+            db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
             try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        finally:
-            db.close()
+                db.execute("PRAGMA synchronous=FULL")  # a committed deploy survives a power cut
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                        db.execute("ROLLBACK")
+                    raise
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            self._raise_state_error(exc)
+
+    def _raise_state_error(self, exc: sqlite3.Error) -> NoReturn:
+        error = state_error(exc, self.state_dir)
+        if error is None:
+            raise exc
+        raise error from exc
 
     # --- archives and versions -----------------------------------------------------------------
 
@@ -92,15 +114,33 @@ class Registry:
     def deploy(self, archive: Path, name: str, spec: dict, actor: str) -> tuple[Version, bool]:
         """Store the archive and bind it to a new version; the same archive again gives the existing one."""
         sha256 = self._store_archive(archive)
-        with self._transaction() as db:
-            row = db.execute("SELECT number FROM versions WHERE function = ? AND sha256 = ?", (name, sha256)).fetchone()
-            if row:
-                return self._version(db, name, row[0]), False
-            number = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE function = ?",
-                                (name,)).fetchone()[0]
-            db.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?)",
-                       (name, number, sha256, _now(), actor, json.dumps(spec, sort_keys=True)))
-            return self._version(db, name, number), True
+        try:
+            with self._transaction() as db:
+                row = db.execute("SELECT number FROM versions WHERE function = ? AND sha256 = ?",
+                                 (name, sha256)).fetchone()
+                if row:
+                    return self._version(db, name, row[0]), False
+                # A registry from before the counters starts from its highest number.
+                db.execute("INSERT OR IGNORE INTO counters SELECT ?, COALESCE(MAX(number), 0) FROM versions "
+                           "WHERE function = ?", (name, name))
+                number = db.execute("UPDATE counters SET last = last + 1 WHERE function = ? RETURNING last",
+                                    (name,)).fetchone()[0]
+                db.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?)",
+                           (name, number, sha256, _now(), actor, json.dumps(spec, sort_keys=True)))
+                return self._version(db, name, number), True
+        except StateError:
+            self.drop_unused(sha256)  # a full disk wants its space back
+            raise
+
+    def drop_unused(self, sha256: str) -> None:
+        """Delete a stored archive that no version names (best effort: the registry may be unreadable)."""
+        try:
+            with self._transaction() as db:
+                if db.execute("SELECT 1 FROM versions WHERE sha256 = ?", (sha256,)).fetchone():
+                    return
+        except StateError:
+            return
+        self.archive_path(sha256).unlink(missing_ok=True)
 
     def _store_archive(self, archive: Path) -> str:
         sha256 = sha256_file(archive)
@@ -108,15 +148,34 @@ class Registry:
         if target.is_file() and sha256_file(target) == sha256:
             return sha256
         with tempfile.NamedTemporaryFile(dir=self.store, prefix=".incoming-", delete=False) as tmp:
-            with open(archive, "rb") as source:
-                shutil.copyfileobj(source, tmp, 1 << 20)
-            tmp.flush()
-            os.fsync(tmp.fileno())
+            try:
+                with open(archive, "rb") as source:
+                    shutil.copyfileobj(source, tmp, 1 << 20)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            except BaseException:  # a full disk: leave no partial copy behind
+                os.unlink(tmp.name)
+                raise
         if sha256_file(Path(tmp.name)) != sha256:  # the source changed while we copied it
             os.unlink(tmp.name)
             raise ArchiveError(f"{archive} changed while it was being stored", hint="deploy it again")
         os.replace(tmp.name, target)
         return sha256
+
+    def principal(self, kind: str, name: str) -> int:
+        """A small id for (kind, name), e.g. ("function", "iris"): made on first ask, the same ever after,
+        and never given to anything else, even once that is deleted."""
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM principals WHERE kind = ? AND name = ?", (kind, name)).fetchone()
+            if row:  # not INSERT OR IGNORE: an ignored insert still uses up an AUTOINCREMENT id
+                return row[0]
+            return db.execute("INSERT INTO principals (kind, name) VALUES (?, ?) RETURNING id",
+                              (kind, name)).fetchone()[0]
+
+    def archives(self) -> set[str]:
+        """The sha256 of every version's archive."""
+        with self._transaction() as db:
+            return {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM versions")}
 
     def functions(self) -> list[str]:
         with self._transaction() as db:

@@ -8,6 +8,7 @@ FnpackError of that exit code, so the CLI shows the gateway's own message and hi
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,16 @@ _ERRORS: dict[int, type[FnpackError]] = {cls.exit_code: cls for cls in (
     errors.BudgetError, errors.SmokeTestError, errors.OutputError, errors.ArchiveError, errors.StartError,
     errors.NotFoundError, errors.ConflictError)}
 _CHUNK = 1 << 20
+# How long a deploy whose connection dropped waits for the platform to answer again, to learn the outcome.
+RECONNECT_WAIT = float(os.environ.get("FNPACK_RECONNECT_WAIT", "30"))
+
+
+class _CutOff(FnpackError):
+    """The connection dropped once the request was (perhaps) sent: what it did is not known yet."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def read_token(state_dir: Path | str) -> str:
@@ -54,6 +65,7 @@ class LocalTarget(Target):
         if not self.url.startswith(("http://", "https://")):
             raise UsageError(f"{self.url!r} is not an http:// or https:// URL", hint="e.g. --url http://127.0.0.1:8080")
         self.state_dir = Path(state_dir or DEFAULT_STATE_DIR)
+        self.notes: list[str] = []  # what a deploy had to find out after a dropped connection
         self._token = token
         self.invoke_token = invoke_token
         self._client = httpx.Client(
@@ -102,6 +114,8 @@ class LocalTarget(Target):
         if isinstance(exc, httpx.TimeoutException):
             return FnpackError(f"the platform at {self.url} did not answer in time ({type(exc).__name__})",
                                hint="the function may be slow to start; try again")
+        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+            return _CutOff(f"talking to the platform at {self.url} failed: {exc}", str(exc) or type(exc).__name__)
         return FnpackError(f"talking to the platform at {self.url} failed: {exc}")
 
     def _http_error(self, response: httpx.Response, control: bool) -> FnpackError:
@@ -155,7 +169,7 @@ class LocalTarget(Target):
         else:
             steps = [Step("upload", {"function": name, "archive": str(archive), "sha256": sha256, "size": size,
                                      "url": f"{self.url}/api/v1/functions/{name}/versions"},
-                          f"upload {archive.name} ({human(size)}) as {name} v{_next(existing)}")]
+                          f"upload {archive.name} ({human(size)}) as a new version of {name}")]
         if alias is not None:
             Qualifier.parse(f"{name}:{alias}")
             before = self.aliases(name).get(alias) if existing else None
@@ -164,7 +178,7 @@ class LocalTarget(Target):
                 steps.append(Step("keep-alias", {"function": name, "alias": alias, "state": _state(before)},
                                   f"alias {alias} already sends all traffic to v{number}"))
             else:
-                target = f"v{number}" if number else f"v{_next(existing)} (the new version)"
+                target = f"v{number}" if number else "the new version"
                 steps.append(Step("set-alias", {"function": name, "alias": alias, "before": _state(before),
                                                 "primary": number, "canary": None, "weight": 0.0, "reason": reason},
                                   f"move alias {alias}: {before or '(new)'} -> {target}"))
@@ -177,18 +191,18 @@ class LocalTarget(Target):
         alias: str | None = None
         for step in plan.steps:
             if step.action == "upload":
-                version, created = self._upload(plan.archive, plan.function)
+                version, created = self._upload_verified(plan)
             elif step.action == "reuse-version":
                 version = next((v for v in self.versions(plan.function) if v.sha256 == plan.sha256), None)
                 if version is None:  # deleted since the plan was made
-                    version, created = self._upload(plan.archive, plan.function)
+                    version, created = self._upload_verified(plan)
             elif step.action in ("set-alias", "keep-alias"):
                 assert version is not None, "a plan uploads or reuses a version before moving an alias"
                 alias = step.details["alias"]
                 current = self.aliases(plan.function).get(alias)
                 if current != AliasState(version.number):
-                    move = self.set_alias(plan.function, alias, AliasState(version.number),
-                                          step.details.get("reason"))
+                    move = self._set_alias_verified(plan, alias, AliasState(version.number),
+                                                    step.details.get("reason"))
             else:
                 raise UsageError(f"the local target has no step {step.action!r}")
         assert version is not None, "a plan always uploads or reuses a version"
@@ -197,6 +211,56 @@ class LocalTarget(Target):
         else:
             qualifier = Qualifier(plan.function, alias=None if alias == DEFAULT_ALIAS else alias)
         return Deployment(version, created, alias, move, self.invoke_url(qualifier))
+
+    def _upload_verified(self, plan: Plan) -> tuple[Version, bool]:
+        """Upload; when the connection drops, ask the platform (once it answers) whether the version
+        was made before saying anything: a committed deploy must not look failed. Uploads again once
+        when it was not (the same archive gives the same version, so that is safe)."""
+        for attempt in (1, 2):
+            try:
+                return self._upload(plan.archive, plan.function)
+            except _CutOff as cut:
+                what = f"whether {plan.function} got a version with this archive"
+                self._wait_back(plan, cut, "uploading the archive", what)
+                try:
+                    found = next((v for v in self.versions(plan.function) if v.sha256 == plan.sha256), None)
+                except NotFoundError:
+                    found = None
+                if found is not None:
+                    self.notes.append(f"the connection dropped during the upload ({cut.reason}); the platform "
+                                      f"has the version: {plan.function} v{found.number}, sha256 {plan.sha256[:12]}")
+                    return found, True
+                self.notes.append(f"the connection dropped during the upload ({cut.reason}) before the platform "
+                                  f"made a version" + ("; uploaded again" if attempt == 1 else ""))
+        raise FnpackError(f"the connection to {self.url} dropped during both uploads of {plan.archive.name}; "
+                          f"{plan.function} has no version with this archive: nothing was deployed",
+                          hint="check the platform's output (`fnpack serve`), then deploy again")
+
+    def _set_alias_verified(self, plan: Plan, alias: str, state: AliasState, reason: str | None) -> AliasMove | None:
+        """Move an alias; when the connection drops, look at where it points before doing it again."""
+        try:
+            return self.set_alias(plan.function, alias, state, reason)
+        except _CutOff as cut:
+            self._wait_back(plan, cut, f"moving alias {alias}", f"whether alias {alias} moved to {state}")
+            if self.aliases(plan.function).get(alias) != state:
+                return self.set_alias(plan.function, alias, state, reason)
+            self.notes.append(f"the connection dropped while moving alias {alias} ({cut.reason}); it points at "
+                              f"{state}")
+            history = self.history(plan.function, alias)
+            return history[-1] if history and history[-1].after == state else None
+
+    def _wait_back(self, plan: Plan, cut: _CutOff, doing: str, unknown: str) -> None:
+        """Wait for the platform to answer again; if it does not, say that the outcome is unknown."""
+        deadline = time.monotonic() + RECONNECT_WAIT
+        while not self.healthy(timeout=2.0):
+            if time.monotonic() >= deadline:
+                raise StartError(
+                    f"the connection to {self.url} dropped while {doing} ({cut.reason}) and the platform has not "
+                    f"answered since ({RECONNECT_WAIT:g} s): {unknown} is unknown",
+                    hint=f"once it is back, `fnpack versions {plan.function}` lists the version with sha256 "
+                         f"{plan.sha256[:12]}... if it was made, and `fnpack alias list {plan.function}` shows the "
+                         "aliases; deploying again is safe: the same archive gives the same version")
+            time.sleep(0.5)
 
     def _upload(self, archive: Path, name: str) -> tuple[Version, bool]:
         size = archive.stat().st_size
@@ -286,10 +350,6 @@ def _q(text: str, safe: str = "") -> str:
 def _chunks(f: Any) -> Iterator[bytes]:
     while chunk := f.read(_CHUNK):
         yield chunk
-
-
-def _next(existing: list[Version]) -> int:
-    return max((v.number for v in existing), default=0) + 1
 
 
 def _state(state: AliasState | None) -> dict[str, Any] | None:
