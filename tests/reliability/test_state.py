@@ -462,6 +462,17 @@ def test_a_read_only_state_folder_is_a_clear_503_and_sigterm_still_stops_everyth
         assert _zygotes(state) == []
 
 
+def test_serve_on_a_read_only_state_folder_says_so(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with platform(state):
+        pass
+    with _read_only(state):
+        done = fnpack("serve", "--port", str(free_port()), "--state-dir", str(state))
+    assert done.code == 9, done.stderr
+    assert f"error: the state folder {state} cannot be written: Read-only file system" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def _drain(api: Api, path: str) -> None:
     with contextlib.suppress(httpx.HTTPError):
         with api.http.stream("GET", path, timeout=None) as stream:

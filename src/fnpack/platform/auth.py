@@ -60,7 +60,12 @@ def bearer_matches(header: bytes | str | None, token: str) -> bool:
 
 def lock_state_dir(state_dir: Path) -> IO[str]:
     """Hold `<state>/serve.lock` for the life of the process; refuse a second server on one folder."""
-    handle = open(state_dir / "serve.lock", "a+", encoding="utf-8")
+    try:
+        handle = open(state_dir / "serve.lock", "a+", encoding="utf-8")
+    except OSError as exc:  # a read-only or full state folder: one clear line, not a traceback
+        from fnpack.platform.storage import state_error
+
+        raise state_error(exc, state_dir) or StartError(f"cannot open {state_dir / 'serve.lock'}: {exc}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
