@@ -110,9 +110,10 @@ def _alias_name(name: str, alias: str) -> str:
 
 def _version_number(text: str, what: str = "VERSION") -> int:
     from fnpack.errors import UsageError
+    from fnpack.versions import VERSION_PATTERN
 
     digits = text[1:] if text[:1] in ("v", "V") else text
-    if not digits.isdigit() or int(digits) < 1:
+    if not VERSION_PATTERN.fullmatch(digits) or int(digits) < 1:  # not isdigit(): it takes "²", int() does not
         raise UsageError(f"{what} {text!r} is not a version number", hint="versions are 1, 2, ... (or v1, v2, ...)")
     return int(digits)
 

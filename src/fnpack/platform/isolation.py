@@ -17,6 +17,7 @@ prints them at start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -76,7 +77,8 @@ class Isolation:
                 path = os.path.join(folder, name)
                 if group is not None:
                     os.chown(path, 0, group, follow_symlinks=False)
-                os.chmod(path, file_mode, follow_symlinks=False)
+                if not os.path.islink(path):  # a link's own mode means nothing (and cannot be set)
+                    os.chmod(path, file_mode)
             if group is not None:
                 os.chown(folder, 0, group)
             os.chmod(folder, dir_mode)
@@ -96,10 +98,12 @@ class Isolation:
 def remove_tree(root: Path) -> None:
     """Remove an unpacked tree, locked or not (a locked folder's entries cannot be unlinked, but by root)."""
     if root.is_symlink() or not root.is_dir():
-        root.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            root.unlink(missing_ok=True)
         return
     for folder, _, _ in os.walk(root):
-        os.chmod(folder, 0o700)
+        with contextlib.suppress(OSError):
+            os.chmod(folder, 0o700)
     shutil.rmtree(root, ignore_errors=True)
 
 

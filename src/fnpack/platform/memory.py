@@ -33,6 +33,7 @@ class CgroupLimits:
     def create(cls) -> CgroupLimits | None:
         """A cgroup folder of this platform's with a working memory limit, or None where there is none."""
         for version, parent in _own_cgroups():
+            _remove_stale(parent)
             base = parent / f"fnpack-{os.getpid()}"
             try:
                 base.mkdir(exist_ok=True)
@@ -163,6 +164,18 @@ def _own_cgroups() -> list[tuple[int, Path]]:
         elif "memory" in controllers.split(","):
             found.append((1, CGROUP_FS / "memory" / relative))
     return found
+
+
+def _remove_stale(parent: Path) -> None:
+    """The cgroups of platforms that ended without removing theirs (killed): their processes are gone."""
+    for base in parent.glob("fnpack-*"):
+        pid = base.name.removeprefix("fnpack-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            for group in base.glob("*/"):
+                with contextlib.suppress(OSError):
+                    group.rmdir()
+            with contextlib.suppress(OSError):
+                base.rmdir()
 
 
 def _read(path: Path) -> str:

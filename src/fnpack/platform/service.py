@@ -87,10 +87,7 @@ class LocalPlatform:
         for tree in self.unpacked.iterdir():
             if tree.name in used:
                 continue
-            if tree.is_dir() and not tree.is_symlink():
-                shutil.rmtree(tree, ignore_errors=True)  # best effort: never a reason not to start
-            else:
-                tree.unlink(missing_ok=True)
+            remove_tree(tree)  # locked or not; best effort: never a reason not to start
 
     # --- control -------------------------------------------------------------------------------
 
@@ -227,7 +224,7 @@ class LocalPlatform:
             if not archive.is_file():
                 raise NotFoundError(f"the archive of {name} v{number} is missing from {self.registry.store}",
                                     hint="deploy it again")
-            shutil.rmtree(root, ignore_errors=True)
+            remove_tree(root)
             try:
                 root = unpack_archive(archive, version.sha256, self.unpacked)
             except OutputError as exc:  # a full or read-only state folder: 507 / 503, not 500
