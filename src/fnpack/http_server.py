@@ -8,6 +8,9 @@ descriptor limit every accept fails, for real clients too. Here:
   connection opens, or after its first byte on a kept-alive connection; else the connection closes;
 - a head over MAX_HEAD bytes is answered 431 and the connection closes; at most one read past the
   cap is ever buffered;
+- a body must keep coming: at least BODY_PROGRESS bytes every FNPACK_BODY_TIMEOUT seconds (default
+  10) until it is complete, else the connection closes (a body trickled a byte at a time would
+  hold the connection, and the request, for ever);
 - over FNPACK_MAX_CONNECTIONS open connections (default: from RLIMIT_NOFILE, whose soft limit is
   raised to the hard one first) the connection idle longest (no request in progress) is closed;
   a new connection is refused only when every other one is busy.
@@ -33,6 +36,7 @@ from uvicorn.server import ServerState
 from fnpack.errors import StartError
 
 MAX_HEAD = 64 * 1024  # request line and headers, in bytes
+BODY_PROGRESS = 64 * 1024  # bytes of body a client must send per body timeout (6.4 kB/s at the default)
 LINGER_S = 2.0  # how long a refused connection is read (and dropped) after its answer
 _431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
         b"content-length: 36\r\nconnection: close\r\n\r\nRequest header fields are too large.")
@@ -41,6 +45,7 @@ _431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/pla
 @dataclass(frozen=True)
 class Limits:
     header_timeout: float = 10.0
+    body_timeout: float = 10.0
     max_connections: int = 1 << 16
     max_head: int = MAX_HEAD
 
@@ -63,6 +68,7 @@ def limits_from_env(nofile: int, env: Mapping[str, str] = os.environ) -> Limits:
     # too, and files, pipes and the registry need some. Below that, accept never fails on EMFILE.
     default_max = max(16, (nofile - 64) // 2)
     return Limits(header_timeout=_env_number(env, "FNPACK_HEADER_TIMEOUT", 10.0, float),
+                  body_timeout=_env_number(env, "FNPACK_BODY_TIMEOUT", 10.0, float),
                   max_connections=_env_number(env, "FNPACK_MAX_CONNECTIONS", default_max, int))
 
 
@@ -95,6 +101,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received since then
         self._heads = 0  # heads read whole on this connection
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_bytes = -1  # body bytes since the last check; -1: no body is being read
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -107,9 +115,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._idle.pop(self, None)
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -132,6 +141,26 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._heads += 1
         self._idle.pop(self, None)  # busy until its response is complete
         super().on_headers_complete()
+        self._body_bytes = 0
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._check_body)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._body_bytes = -1
+        super().on_message_complete()
+
+    def _check_body(self) -> None:
+        self._body_timer = None
+        if self._body_bytes < 0 or self.transport.is_closing():
+            return  # complete: the next head arms it again
+        if self._body_bytes < BODY_PROGRESS and not self.flow.read_paused:  # paused: the app is the slow one
+            return self._close()
+        self._body_bytes = 0
+        self._body_timer = self.loop.call_later(self.limits.body_timeout, self._check_body)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -270,6 +270,22 @@ def test_an_intact_archive_naming_no_valid_function_is_not_deployed(iris: dict, 
     assert [f["name"] for f in api.http.get("/api/v1/functions").json()["functions"]] == ["iris"]
 
 
+@pytest.mark.parametrize("edit", [lambda spec: spec.setdefault("scaling", {}).update(min="x"),
+                                  lambda spec: spec.setdefault("resources", {}).update(memory=10 ** 30),
+                                  lambda spec: spec.update(batching=[])])
+def test_an_intact_archive_with_a_crafted_spec_is_refused(iris: dict, api: Api, tmp_path: Path, edit: Any) -> None:
+    """The platform reads scaling, resources and batching from the archive's spec: checked at deploy,
+    not found broken at the first request (a 500 from the request path)."""
+    manifest = small_built_manifest(iris["archive"])
+    edit(manifest["spec"])
+    path = write_zip(tmp_path / "spec.zip", {"fnpack.json": json.dumps(manifest).encode(), "code.py": CODE})
+    upload = api.http.post("/api/v1/functions/iris/versions", content=path.read_bytes())
+    assert upload.status_code == 422 and upload.json()["error"] == "archive", upload.text[:2000]
+    assert "spec" in upload.json()["message"] and len(upload.content) < MAX_BODY
+    assert_clean_exit(fnpack("deploy", str(path), "--url", api.url, "--state-dir", str(api.state_dir)), 10)
+    assert [v["number"] for v in api.http.get("/api/v1/functions/iris/versions").json()["versions"]] == [1]
+
+
 def test_names_from_an_archive_are_printed_not_read_as_markup(iris: dict, tmp_path: Path) -> None:
     # rich reads "[/]" as a closing tag: printed as markup, a file name like this one crashed inspect
     manifest = json.dumps(small_built_manifest(iris["archive"])).encode()

@@ -179,6 +179,26 @@ def test_slowloris_heads_are_dropped_while_a_real_client_is_served(start: Callab
     assert server.answer().status_code == 200
 
 
+def test_a_trickled_body_is_dropped_and_never_served_while_a_real_client_is(start: Callable[..., Server]) -> None:
+    server = start({"FNPACK_BODY_TIMEOUT": "1"})
+    slow = server.connect()  # a whole head, then a body announced at 100 kB that comes a byte at a time
+    slow.sendall(f"POST {server.invoke} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 100000\r\n\r\n{".encode())
+
+    def drip() -> None:
+        with contextlib.suppress(OSError):
+            for _ in range(200):
+                slow.send(b" ")
+                time.sleep(0.1)
+
+    threading.Thread(target=drip, daemon=True).start()
+    started = time.monotonic()
+    assert server.answer().status_code == 200
+    assert _closed_within(slow, 2 * 1 + MARGIN - (time.monotonic() - started))
+    slow.close()
+    assert server.answer().status_code == 200
+
+
 def test_a_64_mib_header_is_refused_431_without_being_buffered(start: Callable[..., Server]) -> None:
     server = start({})
     before = server.peak_rss()

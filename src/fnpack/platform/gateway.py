@@ -360,7 +360,10 @@ class Gateway:
         if not self._may_invoke(scope):
             return await _send_error(send, 401, "unauthorized", "missing or wrong invoke token",
                                      [(b"www-authenticate", b"Bearer")])
-        body = await _read_body(receive, MAX_BODY)
+        try:
+            body = await _read_body(receive, MAX_BODY)
+        except _ClientGone:
+            return
         if body is None:
             return await _send_error(send, 413, "payload_too_large", f"the request body is over {MAX_BODY} bytes")
         platform = self.platform
@@ -403,10 +406,16 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+class _ClientGone(Exception):
+    """The client disconnected before its body was complete: nothing to forward, no one to answer."""
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
     chunks, size = [], 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":  # never forward a body cut short
+            raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

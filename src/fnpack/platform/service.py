@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fnpack.archive import open_archive
-from fnpack.errors import ArchiveError, FnpackError, NotFoundError, OutputError, StartError
+from fnpack.archive import MANIFEST_NAME, open_archive
+from fnpack.errors import ArchiveError, FnpackError, NotFoundError, OutputError, SpecError, StartError
 from fnpack.fetch import unpack_archive, unpacked_path, verify_unpacked
 from fnpack.platform.isolation import Isolation, remove_tree
 from fnpack.platform.memory import MemoryLimits
@@ -28,6 +28,7 @@ from fnpack.platform.registry import Registry
 from fnpack.platform.storage import mib, state_error
 from fnpack.platform.workers import Scaling, VersionPool, WorkerPool, log_line
 from fnpack.platform.zygote import dependency_key
+from fnpack.spec import parse_spec
 from fnpack.versions import DEFAULT_ALIAS, AliasMove, AliasState, Qualifier, Version, WeightedRouter
 
 
@@ -135,6 +136,11 @@ class LocalPlatform:
             problem = f"the archive is built for {manifest.get('arch')}; this machine is {host.machine()}"
         if problem:
             raise ArchiveError(problem, hint="build it for this machine with `fnpack build --target local`")
+        try:  # the platform reads scaling, resources and batching from it: never trust a crafted one
+            parse_spec(manifest["spec"], source=f"the spec in the archive's {MANIFEST_NAME}")
+        except SpecError as exc:
+            one_line = exc.message.replace(":\n  - ", ": ").replace("\n  - ", "; ")
+            raise ArchiveError(one_line[:2000], hint="rebuild the archive with `fnpack build`") from None
 
     async def _prewarm(self, name: str, number: int) -> None:
         try:

@@ -207,6 +207,8 @@ class FunctionApp:
         chunks, size = [], 0
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":  # cut short: never run the model on part of a body
+                raise HTTPError(400, "client_disconnected", "the client disconnected before its body was complete")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
