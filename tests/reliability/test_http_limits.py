@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from conftest import EXAMPLES, fnpack
-from servers import free_port, wait_ready
+from servers import free_port, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -80,12 +80,7 @@ def _process(command: list[str], env: dict[str, str], nofile: int | None) -> Ite
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @pytest.fixture(params=["runtime", "gateway"])

@@ -465,6 +465,7 @@ class WorkerPool:
                           hint=f"`fnpack logs {pool.function}` shows why; retrying the request starts a new worker")
 
     def _stop(self, pool: VersionPool, worker: Worker, why: str, sig: int = signal.SIGTERM) -> None:
+        """Take a misbehaving worker out of rotation (unlike an idle one, it is replaced when needed)."""
         if pool.forget(worker, why):
             self.on_change(pool)
         with contextlib.suppress(ProcessLookupError):
