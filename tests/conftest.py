@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ import pytest
 from servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+# Functions' user ids are allocated machine-wide (isolation.py): the suite's platforms share a table of their own.
+os.environ.setdefault("FNPACK_IDS_DB", str(Path(tempfile.mkdtemp(prefix="fnpack-ids-")) / "ids.db"))
 EXAMPLES = REPO / "examples"
 
 

@@ -29,6 +29,17 @@ def _do(probe):
             with open(arg, "ab") as f:
                 f.write(b"# written by another function\\n")
             return {"ok": True}
+        if op == "put":  # arg: [path, text], folders made as needed
+            os.makedirs(os.path.dirname(arg[0]), exist_ok=True)
+            with open(arg[0], "w") as f:
+                f.write(arg[1])
+            return {"ok": True}
+        if op == "control":  # a line on the channel to the gateway, as a hostile worker would forge one
+            os.write(int(os.environ["FNPACK_CONTROL_FD"]), (arg + "\\n").encode())
+            return {"ok": True}
+        if op == "kill-zygote":
+            os.kill(os.getppid(), 9)
+            return {"ok": True}
         if op == "listdir":
             return {"ok": True, "entries": sorted(os.listdir(arg))}
         if op == "env":

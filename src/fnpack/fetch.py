@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Generator
 from pathlib import Path
@@ -250,10 +251,11 @@ def verify_unpacked(root: Path, archive: Path, sha256: str) -> list[str]:
                 problems.append(f"{rel}: not in the manifest")
                 continue
             seen.add(rel)
-            try:
-                changed = os.path.isdir(path) or os.path.getsize(path) != want.get("size") or \
+            try:  # lstat: a link or a FIFO planted in a file's place is a change, never followed or opened
+                info = os.lstat(path)
+                changed = not stat.S_ISREG(info.st_mode) or info.st_size != want.get("size") or \
                     sha256_file(Path(path)) != want.get("sha256")
-            except OSError as exc:  # e.g. a link planted in its place that leads nowhere
+            except OSError as exc:
                 changed = bool(exc)
             if changed:
                 problems.append(f"{rel}: changed since it was unpacked")

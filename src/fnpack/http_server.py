@@ -142,8 +142,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._idle.pop(self, None)  # busy until its response is complete
         super().on_headers_complete()
         self._body_bytes = 0
-        if self._body_timer is None:
-            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._check_body)
+        if self._body_timer is not None:  # one left by the request before: each body gets its full time
+            self._body_timer.cancel()
+        self._body_timer = self.loop.call_later(self.limits.body_timeout, self._check_body)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

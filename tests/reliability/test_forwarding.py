@@ -102,3 +102,25 @@ def test_head_is_answered_without_a_body_and_leaves_the_connection_in_step(echo:
         assert head.status_code == 200 and head.content == b""
         _check(client.post(f"{echo}/function/echo", json=_body(4)), 4)
         assert client.get(f"{echo}/v2/models/echo").json()["name"] == "echo"
+
+
+def test_a_request_line_smuggled_in_an_encoded_path_reaches_no_other_client(echo: str) -> None:
+    """uvicorn decodes the path: a CRLF in it must not end the worker's request line and start a
+    second request on a pooled worker connection, whose answer another client would then get."""
+    smuggled = ("/v2/models/echo/ready%20HTTP/1.1%0D%0Ahost:%20x%0D%0A%0D%0A"
+                "POST%20/invoke%20HTTP/1.1%0D%0Ahost:%20x%0D%0Acontent-type:%20application/json%0D%0A"
+                "content-length:%2013%0D%0A%0D%0A%7B%22x%22:%5B%5B666%5D%5D%7D")
+
+    def attack() -> None:
+        with httpx.Client(timeout=30) as client:
+            for _ in range(40):
+                assert client.get(echo + smuggled).status_code in (400, 404)
+
+    def honest(worker: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            for i in range(40):
+                _check(client.post(f"{echo}/function/echo", json=_body(worker * 100 + i)), worker * 100 + i)
+
+    with ThreadPoolExecutor(8) as pool:
+        for future in [pool.submit(attack) for _ in range(4)] + [pool.submit(honest, w) for w in range(1, 5)]:
+            future.result()

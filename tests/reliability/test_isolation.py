@@ -7,6 +7,7 @@ users); elsewhere the tests that need them skip, and the start message saying so
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -104,6 +105,41 @@ def test_a_function_cannot_read_the_platform_secrets_or_another_function(platfor
     me, other = platform.result("prober", "whoami"), platform.result("victim", "whoami")
     assert me["uid"] != 0 and other["uid"] != 0 and me["uid"] != other["uid"] and me["gid"] != other["gid"]
     assert me["groups"] in ([], [me["gid"]])
+
+
+def test_code_planted_in_its_folder_never_runs_as_root(platform: Platform, tmp_path: Path) -> None:
+    """A function writes a `fnpack` package (and a user site) where its zygote starts, then kills the
+    zygote: the zygote the gateway starts next, as root until it switches users, imports neither."""
+    _isolating(platform)
+    marker = tmp_path / "ran-as"
+    tmp_path.chmod(0o777)
+    folder = os.path.dirname(platform.result("prober", "whoami")["cwd"])
+    payload = f"import os; open({str(marker)!r}, 'w').write(str(os.geteuid()))\n"  # one line: a .pth runs it too
+    for planted in ("fnpack/__init__.py", "fnpack/platform/__init__.py", "argparse.py", "json.py",
+                    ".local/lib/python3.11/site-packages/evil.pth"):
+        assert platform.result("prober", "put", [os.path.join(folder, planted), payload])["ok"] is True
+    platform.probe("prober", "kill-zygote")  # its worker dies with the zygote: no answer to expect
+    deadline = time.monotonic() + 30
+    while platform.probe("prober", "whoami").status_code != 200:
+        assert time.monotonic() < deadline, "the function never came back"
+        time.sleep(0.2)
+    assert not marker.exists(), f"planted code ran as uid {marker.read_text()}"
+
+
+def test_what_a_worker_forges_on_the_control_channel_touches_no_other_process(platform: Platform) -> None:
+    _isolating(platform)
+    victim = platform.result("victim", "whoami")["pid"]
+    gateway = platform.process.pid
+    for forged in ({"retiring": victim, "reason": "forged"}, {"exited": victim, "status": "forged"},
+                   {"forked": 1, "pid": gateway}, {"ready": 1, "pid": gateway}, {"exited": gateway, "status": "x"}):
+        assert platform.result("prober", "control", json.dumps(forged))["ok"] is True
+    assert platform.result("prober", "control", "not json {")["ok"] is True
+    assert platform.result("prober", "control", "x" * 3_000_000)["ok"] is True  # over the reader's line limit
+    time.sleep(0.5)
+    assert platform.process.poll() is None
+    assert platform.result("victim", "whoami")["pid"] == victim  # neither stopped nor forgotten
+    assert platform.result("prober", "whoami")["ok"] is True  # and its own zygote still reads its channel
+    assert "forged" not in (platform.state / "logs" / "victim.log").read_text()
 
 
 def test_workers_get_a_scrubbed_environment_and_a_folder_of_their_own(platform: Platform) -> None:

@@ -9,12 +9,16 @@ than the worker's own work on a small model.
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
+import struct
 from dataclasses import dataclass, field
 
 import httptools
 
 # Hop-by-hop headers (RFC 9110 7.6.1) are the connection's, not the message's: never forwarded either
-# way, nor any header the `Connection` field names. The gateway reads the whole body before
+# way, nor any header the `Connection` field names; nor `host` and `content-length`, which each hop
+# sets for itself. The gateway reads the whole body before
 # forwarding, so it frames the message itself (content-length) and answers `Expect` itself: a
 # forwarded `Expect: 100-continue` makes the worker send an interim `100 Continue`.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
@@ -31,10 +35,12 @@ def end_to_end(headers: list[tuple[bytes, bytes]], skip: frozenset[bytes] = HOP_
     return [(name, value) for name, value in headers if name not in skip]
 
 
+_UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+
+
 class UpstreamClosed(Exception):
     """The worker closed the connection before a full response. `answered` is False when no
-    byte of a response had arrived (the request may be retried on a fresh connection only then
-    if the connection was a reused one)."""
+    byte of a response had arrived."""
 
     def __init__(self, message: str, answered: bool) -> None:
         super().__init__(message)
@@ -75,11 +81,12 @@ class _Parser:
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if self.complete:  # a stray message after the answer (on_message_begin retired the connection)
+            return
         self.status = self.parser.get_status_code()
         # Only valid here: httptools answers False once the message is complete, which
         # would close (and reopen) the worker connection on every request.
-        if not self.complete:
-            self.keep_alive = self.parser.should_keep_alive()
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         if not self.complete:
@@ -97,12 +104,20 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.uses = 0
 
     @classmethod
     async def open(cls, path: str) -> Connection:
         reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
         return cls(reader, writer)
+
+    def peer_pid(self) -> int:
+        """The pid of the process at the other end (SO_PEERCRED), 0 if unknown."""
+        sock = self.writer.get_extra_info("socket")
+        try:
+            pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        except (OSError, AttributeError, struct.error):
+            return 0
+        return pid
 
     @property
     def usable(self) -> bool:
@@ -112,7 +127,8 @@ class Connection:
 
     async def request(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                       body: bytes) -> Response:
-        self.uses += 1
+        if _UNSAFE_TARGET.search(target):  # a space, CR or LF would end the request line early
+            raise ValueError(f"refusing to send the request target {target[:100]!r}")
         head = [method, b" ", target, b" HTTP/1.1\r\nhost: worker\r\ncontent-length: ",
                 str(len(body)).encode(), b"\r\n"]
         for name, value in headers:

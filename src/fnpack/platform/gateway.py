@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -347,7 +347,9 @@ class Gateway:
             qualifier = Qualifier.parse(f"{unquote(name)}:{unquote(chosen)}" if chosen else unquote(name))
         except UsageError as exc:
             return await _send(send, 400, error_body(exc))
-        suffix = "".join("/" + part for part in tail)
+        # Encoded again: uvicorn decodes the path, and a decoded space or CRLF in the worker's request
+        # line would let a client smuggle a second request onto a pooled worker connection.
+        suffix = "".join("/" + quote(part, safe="") for part in tail)
 
         def worker_path(number: int) -> bytes:
             return f"/v2/models/{qualifier.name}/versions/{number}{suffix}".encode()

@@ -1,9 +1,10 @@
 """What keeps a function from reaching another function, or the platform (README: "Security model").
 
 - Users: when the platform runs as root, each function runs as a Unix user of its own (uid = gid =
-  FIRST_ID + the function's principal number, allocated once in the registry and never reused),
-  with no supplementary groups and `no_new_privs`. Everything that imports a function's code (its
-  zygote and its workers) runs as that user, so a function never runs code of another one.
+  FIRST_ID + a number allocated once per state folder and function in a machine-wide table,
+  IDS_DB, and never reused: two platforms on one machine never share a user), with no
+  supplementary groups and `no_new_privs`. Everything that imports a function's code (its zygote
+  and its workers) runs as that user, so a function never runs code of another one.
 - Files: the state folder's token, registry, archives and logs are the platform's (0600/0700);
   a function's unpacked trees are owned by root and readable by its group only, writable by nobody.
   A tree found on disk at start is verified against its archive's manifest before anything imports
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FIRST_ID = 2_000_000_000  # far above the users a system or a user namespace hands out
+IDS_DB = Path(os.environ.get("FNPACK_IDS_DB", "/var/lib/fnpack/ids.db"))
 PASSED_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "SOURCE_DATE_EPOCH")
 PASSED_PREFIXES = ("LC_",)
 
@@ -51,14 +53,20 @@ class Isolation:
 
     def __init__(self, run_dir: Path, state_dir: Path | None = None, separate_users: bool | None = None) -> None:
         self.run_dir = run_dir
+        self.state_dir = Path(state_dir).resolve() if state_dir is not None else None
         self.obstacle = _obstacle(state_dir) if separate_users is None else None
         self.separate_users = self.obstacle is None if separate_users is None else separate_users
+        self._principals: dict[str, Principal] = {}
 
-    def principal(self, number: int) -> Principal:
-        """The identity of the function whose registry principal number is `number`."""
+    def principal(self, function: str) -> Principal:
+        """The identity a function runs as: its own user, the same at every start."""
         if not self.separate_users:
             return Principal()
-        return Principal(FIRST_ID + number, FIRST_ID + number)
+        principal = self._principals.get(function)
+        if principal is None:
+            number = machine_id(str(self.state_dir), function)
+            principal = self._principals[function] = Principal(FIRST_ID + number, FIRST_ID + number)
+        return principal
 
     def function_dir(self, function: str, principal: Principal) -> Path:
         """`RUN/<function>`: its workers' sockets and working folders; only it (and root) may enter."""
@@ -88,11 +96,35 @@ class Isolation:
         if self.separate_users:
             return []
         why = self.obstacle or "per-function users are off"
-        return [f"{why}, so every function runs as {_user_name()}, the platform's own user: a function can read "
+        power = " (root: full control of this machine)" if os.geteuid() == 0 else ""
+        return [f"{why}, so every function runs as {_user_name()}, the platform's own user{power}: a function can read "
                 "the control token, the registry, the archives and the unpacked code of every other function, "
                 "and could change them (trees are verified against their manifest at each start, but not while "
                 "serving). Workers still get a scrubbed environment and a working folder of their own. "
-                "Run `fnpack serve` as root for per-function users."]
+                + ("Fix that for per-function users." if power else
+                   "Run `fnpack serve` as root for per-function users.")]
+
+
+def machine_id(state_dir: str, function: str, db_path: Path | None = None) -> int:
+    """A number for (state folder, function), given once on this machine and never again: AUTOINCREMENT
+    in a root-only SQLite file, so that platforms sharing the machine never share a user."""
+    import sqlite3
+
+    db_path = db_path or IDS_DB
+    db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    db = sqlite3.connect(db_path, timeout=30, isolation_level=None)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS ids (id INTEGER PRIMARY KEY AUTOINCREMENT, state TEXT NOT NULL, "
+                   "function TEXT NOT NULL, UNIQUE (state, function))")
+        db.execute("BEGIN IMMEDIATE")
+        row = db.execute("SELECT id FROM ids WHERE state = ? AND function = ?", (state_dir, function)).fetchone()
+        if row is None:  # not INSERT OR IGNORE: an ignored insert still uses up an AUTOINCREMENT id
+            row = db.execute("INSERT INTO ids (state, function) VALUES (?, ?) RETURNING id",
+                             (state_dir, function)).fetchone()
+        db.execute("COMMIT")
+        return int(row[0])
+    finally:
+        db.close()
 
 
 def remove_tree(root: Path) -> None:

@@ -84,11 +84,12 @@ class CgroupLimits:
 
     def remove(self, group: Path | None) -> None:
         if group is not None:
+            _empty(group)
             with contextlib.suppress(OSError):
                 group.rmdir()
 
     def close(self) -> None:
-        for group in self.base.glob("*"):
+        for group in self.base.glob("*/"):
             self.remove(group)
         with contextlib.suppress(OSError):
             self.base.rmdir()
@@ -172,10 +173,18 @@ def _remove_stale(parent: Path) -> None:
         pid = base.name.removeprefix("fnpack-")
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             for group in base.glob("*/"):
+                _empty(group)
                 with contextlib.suppress(OSError):
                     group.rmdir()
             with contextlib.suppress(OSError):
                 base.rmdir()
+
+
+def _empty(group: Path) -> None:
+    """Stop what is left in a worker's cgroup: processes its code started outlive it, and hold the group."""
+    for pid in _read(group / "cgroup.procs").split():
+        with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def _read(path: Path) -> str:

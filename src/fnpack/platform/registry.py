@@ -43,9 +43,6 @@ CREATE TABLE IF NOT EXISTS alias_history (
     PRIMARY KEY (function, alias, position));
 -- The last version number given per function; kept when versions (or the function) are deleted.
 CREATE TABLE IF NOT EXISTS counters (function TEXT PRIMARY KEY, last INTEGER NOT NULL);
--- Ids for (kind, name), e.g. per-function uids: AUTOINCREMENT never hands out an id twice.
-CREATE TABLE IF NOT EXISTS principals (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, name TEXT NOT NULL, UNIQUE (kind, name));
 """
 
 
@@ -161,16 +158,6 @@ class Registry:
             raise ArchiveError(f"{archive} changed while it was being stored", hint="deploy it again")
         os.replace(tmp.name, target)
         return sha256
-
-    def principal(self, kind: str, name: str) -> int:
-        """A small id for (kind, name), e.g. ("function", "iris"): made on first ask, the same ever after,
-        and never given to anything else, even once that is deleted."""
-        with self._transaction() as db:
-            row = db.execute("SELECT id FROM principals WHERE kind = ? AND name = ?", (kind, name)).fetchone()
-            if row:  # not INSERT OR IGNORE: an ignored insert still uses up an AUTOINCREMENT id
-                return row[0]
-            return db.execute("INSERT INTO principals (kind, name) VALUES (?, ?) RETURNING id",
-                              (kind, name)).fetchone()[0]
 
     def archives(self) -> set[str]:
         """The sha256 of every version's archive."""

@@ -51,9 +51,8 @@ class LocalPlatform:
         for folder in (self.unpacked, self.incoming, self.logs):
             folder.mkdir(parents=True, exist_ok=True)
         self.isolation = isolation or Isolation(run_dir, separate_users=False)
-        if self.isolation.separate_users:  # functions' users reach their own trees, and nothing else here
-            for folder in (state_dir, self.unpacked):
-                folder.chmod(0o711)
+        if self.isolation.separate_users:
+            self._close_state_folder()
         self.metrics = GatewayMetrics()
         self.workers = WorkerPool(run_dir, self.logs, on_start=self._worker_started, on_change=self._workers_changed,
                                   memory=memory, prepare=self._prepare)
@@ -114,7 +113,7 @@ class LocalPlatform:
         with self._deploys:
             fresh = not unpacked_path(sha256, self.unpacked).is_dir()
             try:
-                unpack_archive(upload, sha256, self.unpacked)  # verifies every file against the manifest
+                self._unpack(upload, sha256)  # verifies every file against the manifest
                 return self.registry.deploy(upload, name, manifest["spec"], actor)
             except BaseException as exc:
                 if fresh:  # no version has it yet (an existing tree may serve one): take it back
@@ -142,6 +141,26 @@ class LocalPlatform:
             one_line = exc.message.replace(":\n  - ", ": ").replace("\n  - ", "; ")
             raise ArchiveError(one_line[:2000], hint="rebuild the archive with `fnpack build`") from None
 
+    def _close_state_folder(self) -> None:
+        """Functions' users may traverse the state folder to their own trees, and reach nothing else
+        in it, whatever modes an earlier run (or a person) left: trees open again once verified."""
+        for folder in (self.state_dir, self.unpacked):
+            folder.chmod(0o711)
+        for folder in (self.registry.store, self.logs, self.incoming):
+            folder.chmod(0o700)
+        for path in self.state_dir.iterdir():
+            if path.is_file() and not path.is_symlink():
+                path.chmod(0o600)
+        for tree in self.unpacked.iterdir():
+            if tree.is_dir() and not tree.is_symlink():
+                tree.chmod(0o700)
+
+    def _unpack(self, archive: Path, sha256: str) -> Path:
+        root = unpack_archive(archive, sha256, self.unpacked)
+        if self.isolation.separate_users:
+            root.chmod(0o700)  # until `_trust` opens it to its function's group
+        return root
+
     async def _prewarm(self, name: str, number: int) -> None:
         try:
             pool = self.pool(name, number)
@@ -168,7 +187,7 @@ class LocalPlatform:
             log_line(pool.log, f"{pool.label}: its unpacked code changed on disk ({'; '.join(problems[:3])}); "
                                "unpacking it again from the archive")
             remove_tree(root)
-            unpack_archive(archive, sha256, self.unpacked)
+            self._unpack(archive, sha256)
         self.isolation.lock_tree(root, pool.principal)
 
     async def set_alias(self, name: str, alias: str, state: AliasState, actor: str,
@@ -232,14 +251,14 @@ class LocalPlatform:
                                     hint="deploy it again")
             remove_tree(root)
             try:
-                root = unpack_archive(archive, version.sha256, self.unpacked)
+                root = self._unpack(archive, version.sha256)
             except OutputError as exc:  # a full or read-only state folder: 507 / 503, not 500
                 error = state_error(exc, self.state_dir)
                 if error is None:
                     raise
                 raise error from exc
         manifest = json.loads((root / "fnpack.json").read_text(encoding="utf-8"))
-        principal = self.isolation.principal(self.registry.principal("function", name))
+        principal = self.isolation.principal(name)
         return self.workers.pool(name, number, root, dependency_key(manifest),
                                  Scaling.from_spec(self.registry.spec(name, number)), principal,
                                  self.isolation.function_dir(name, principal))

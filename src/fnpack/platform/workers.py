@@ -95,7 +95,13 @@ class Worker:
             if conn.usable and time.monotonic() - since < STALE_CONNECTION:
                 return conn
             conn.close()
-        return await Connection.open(self.socket)
+        conn = await Connection.open(self.socket)
+        # The socket's folder is the function's: it could put another process's socket (another
+        # function's, the gateway's own) in its place. Only the worker itself is ever talked to.
+        if self.pid and conn.peer_pid() != self.pid:
+            conn.close()
+            raise OSError(f"{self.socket} is not the socket of worker pid {self.pid}")
+        return conn
 
     def give_back(self, conn: Connection, reusable: bool) -> None:
         if reusable and conn.usable:
@@ -110,6 +116,18 @@ class Worker:
 
 
 _UNLOGGED: set[Path] = set()  # logs a line could not be written to (said once on stderr)
+
+
+def _child_of(pid: Any, parent: int) -> bool:
+    """Whether `pid` is a live (not yet reaped) child of `parent`."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return len(fields) > 1 and fields[1] == str(parent).encode()
 
 
 def log_line(path: Path, message: str) -> None:
@@ -150,19 +168,21 @@ class Zygote:
         # onnxruntime's telemetry (on by default in 1.31) runs an uploader thread and keeps a SQLite
         # database open from import on: neither survives fork(), so the zygote turns it off.
         env = {**worker_environment(), "ORT_DISABLE_TELEMETRY": "1", "HOME": str(self.folder)}
-        # The zygote becomes the function's user itself, before it imports anything of the archive
-        # (uvloop's subprocesses take no user= / group=).
+        # The zygote becomes the function's user itself (uvloop's subprocesses take no user=), so until
+        # then it runs as root: -I keeps the current folder, the user site and PYTHON* variables off
+        # its sys.path, and it starts in "/"; it enters the function's folder once it is that user.
         user = [] if self.principal.uid is None else ["--user", str(self.principal.uid), "--group",
                                                        str(self.principal.gid)]
         with open(self.stderr, "ab") as stderr:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fnpack.platform.zygote", "--root", str(self.root), *user,
+                sys.executable, "-I", "-m", "fnpack.platform.zygote", "--root", str(self.root),
+                "--folder", str(self.folder), *user,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
-                limit=1 << 20, env=env, cwd=self.folder)
+                limit=1 << 20, env=env, cwd="/")
         assert self.process.stdout is not None
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), START_TIMEOUT)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, ValueError):
             line = b""
         if not line.startswith(b'{"zygote": "ready"'):
             with contextlib.suppress(ProcessLookupError):
@@ -185,45 +205,69 @@ class Zygote:
         try:
             return await asyncio.wait_for(asyncio.shield(future), START_TIMEOUT)
         except asyncio.TimeoutError:
-            pid = self.forked.pop(spawn_id, None)
-            if pid:
-                os.kill(pid, signal.SIGKILL)
             raise StartError(f"{request['label']} did not become ready within {START_TIMEOUT:.0f} s",
                              hint="set FNPACK_START_TIMEOUT for slow models; its log says where it stopped") \
                 from None
         finally:
             self.pending.pop(spawn_id, None)
+            pid = self.forked.pop(spawn_id, None)
+            if pid and not (future.done() and not future.cancelled() and future.exception() is None):
+                with contextlib.suppress(ProcessLookupError):  # given up (timeout, cancelled): none is left
+                    os.kill(pid, signal.SIGKILL)
 
     async def _read(self) -> None:
+        """Events from the zygote and its workers. Workers run the function's code, and can write on
+        this channel too: a message is believed only about this zygote's own children."""
         assert self.process is not None and self.process.stdout is not None
-        async for line in self.process.stdout:
-            message = json.loads(line)
-            if "exited" in message:
-                self.children.discard(message["exited"])
-                self.on_exit(message["exited"], message["status"])
-            elif "forked" in message:
-                self.forked[message["forked"]] = message["pid"]
-                self.children.add(message["pid"])
-                self.on_fork(message["forked"], message["pid"])
-            elif "retiring" in message:
-                self.on_retire(message["retiring"], str(message.get("reason", ""))[:500])
+        try:
+            while line := await self._line():
+                try:
+                    message = json.loads(line)
+                    self._handle(message)
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    continue  # not ours to read: a worker wrote it
+        finally:
+            # The zygote is gone, and its workers with it (they die with their parent).
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_exception(StartError("the worker launcher exited", hint=f"see {self.stderr}"))
+            for pid in list(self.children):
+                self.on_exit(pid, "its launcher exited")
+            self.children.clear()
+
+    async def _line(self) -> bytes:
+        assert self.process is not None and self.process.stdout is not None
+        while True:
+            try:
+                return await self.process.stdout.readline()
+            except ValueError:  # a line over the limit: dropped by the reader, go on with the next
+                continue
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        assert self.process is not None
+        if "exited" in message:
+            pid = message["exited"]
+            if pid in self.children and not _child_of(pid, self.process.pid):  # reaped: it is gone
+                self.children.discard(pid)
+                self.on_exit(pid, str(message["status"])[:200])
+        elif "forked" in message:
+            spawn_id, pid = message["forked"], message["pid"]
+            if spawn_id in self.pending and spawn_id not in self.forked and _child_of(pid, self.process.pid):
+                self.forked[spawn_id] = pid
+                self.children.add(pid)
+                self.on_fork(spawn_id, pid)
+        elif "retiring" in message:
+            if message["retiring"] in self.children:
+                self.on_retire(message["retiring"], str(message.get("reason", ""))[:300])
+        else:
+            spawn_id = message.get("ready", message.get("failed"))
+            future = self.pending.get(spawn_id)
+            if future is None or future.done() or message.get("pid") != self.forked.get(spawn_id):
+                return
+            if "ready" in message:
+                future.set_result(message["pid"])
             else:
-                spawn_id = message.get("ready", message.get("failed"))
-                self.forked.pop(spawn_id, None)
-                future = self.pending.get(spawn_id)
-                if future is None or future.done():
-                    continue
-                if "ready" in message:
-                    future.set_result(message["pid"])
-                else:
-                    future.set_exception(StartError(message["message"], hint=message.get("hint")))
-        # The zygote is gone, and its workers with it (they die with their parent).
-        for future in self.pending.values():
-            if not future.done():
-                future.set_exception(StartError("the worker launcher exited", hint=f"see {self.stderr}"))
-        for pid in list(self.children):
-            self.on_exit(pid, "its launcher exited")
-        self.children.clear()
+                future.set_exception(StartError(str(message["message"])[:2000], hint=message.get("hint")))
 
     async def stop(self) -> None:
         if self.process and self.process.returncode is None:
@@ -421,9 +465,8 @@ class WorkerPool:
             try:
                 try:
                     conn = await worker.connection()
-                except OSError:  # its socket is gone: it exited, and this request never reached it
-                    if pool.forget(worker, "stopped accepting connections"):
-                        self.on_change(pool)
+                except OSError:  # its socket is gone (it exited, or is no more its): this request never reached it
+                    self._stop(pool, worker, "stopped accepting connections", signal.SIGKILL)
                     continue
                 try:
                     async with asyncio.timeout(pool.scaling.timeout + 10):
@@ -451,9 +494,9 @@ class WorkerPool:
     def _lost(self, pool: VersionPool, worker: Worker, why: str) -> WorkerLost:
         """The error for a request whose worker dropped it; the worker is taken out of rotation."""
         over = worker.over_memory or self.memory.exceeded(worker.pid, worker.cgroup, pool.scaling.memory)
-        if pool.forget(worker, f"went over its memory limit of {pool.scaling.memory_mib} MiB" if over else
-                       f"dropped a request ({why})"):
-            self.on_change(pool)
+        # Dropping a request means it died or is dying: make sure, so that none runs untracked.
+        self._stop(pool, worker, f"went over its memory limit of {pool.scaling.memory_mib} MiB" if over else
+                   f"dropped a request ({why})", signal.SIGKILL)
         if over:
             return MemoryExceeded(
                 f"the worker serving {pool.label} (pid {worker.pid}) went over its memory limit of "
@@ -487,6 +530,11 @@ class WorkerPool:
                 "root": str(pool.root), "socket": socket_path, "workdir": str(workdir), "label": pool.label,
                 "hold": self.memory.hold_at_fork,
                 "env": {"FNPACK_MODEL_VERSION": str(pool.number), "FNPACK_FUNCTION": pool.function}})
+        except BaseException:  # nothing of a start that failed is left behind
+            shutil.rmtree(workdir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(socket_path)
+            raise
         finally:
             self._spawning.pop(spawn_id, None)
         worker = Worker(pid, socket_path, workdir, self._groups.get(pid))
@@ -495,14 +543,15 @@ class WorkerPool:
 
     def _forked(self, spawn_id: int, pid: int) -> None:
         pool = self._spawning.get(spawn_id)
-        if pool is None:  # its start was given up already: let it go on, to fail or be reaped
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-            return
         try:
+            if pool is None:
+                raise OSError("its start was given up already")
             self._groups[pid] = self.memory.attach(f"w{spawn_id}", pid, pool.scaling.memory)
-        except OSError as exc:
-            log_line(pool.log, f"{pool.label}: cannot limit the memory of worker pid {pid}: {exc}")
+        except OSError as exc:  # a worker runs under its limit, or not at all: its start fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if pool is not None:
+                log_line(pool.log, f"{pool.label}: cannot limit the memory of worker pid {pid}: {exc}")
 
     def _retiring(self, pid: int, reason: str) -> None:
         owner = self._owners.get(pid)
@@ -528,8 +577,11 @@ class WorkerPool:
         return zygote
 
     def _exited(self, pid: int, status: str) -> None:
-        self.memory.release(self._groups.pop(pid, None))
+        group = self._groups.pop(pid, None)
         owner = self._owners.pop(pid, None)
+        if owner is not None:  # read before the cgroup goes: a request it held says why it ended
+            owner[1].over_memory = owner[1].over_memory or self.memory.exceeded(pid, group, owner[0].scaling.memory)
+        self.memory.release(group)
         if owner is None:
             return
         pool, worker = owner
@@ -586,4 +638,3 @@ class WorkerPool:
                 await task.result().stop()
             else:
                 task.cancel()
-        self.memory.close()

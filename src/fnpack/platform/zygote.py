@@ -79,7 +79,10 @@ def no_new_privileges() -> None:
 
 
 def _emit(fd: int, message: dict[str, Any]) -> None:
-    os.write(fd, (json.dumps(message) + "\n").encode())
+    line = json.dumps(message)
+    if len(line) > 3000 and "message" in message:  # under PIPE_BUF: writes to the pipe never interleave
+        line = json.dumps({**message, "message": str(message["message"])[:2000] + "..."})
+    os.write(fd, (line + "\n").encode())
 
 
 def _describe(status: int) -> str:
@@ -98,6 +101,22 @@ def _reap(*_: Any) -> None:
         if pid == 0:
             return
         _emit(1, {"exited": pid, "status": _describe(status)})
+
+
+def _wait_stopped(pid: int, within: float = 2.0) -> None:
+    """Until the child has stopped itself (or died, or `within` seconds passed: someone may have sent
+    it SIGCONT first; the gateway's SIGCONT is then harmless)."""
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WUNTRACED | os.WNOHANG)
+        except ChildProcessError:  # it died first, and was reaped: "exited" says so
+            return
+        if done:
+            return
+        time.sleep(0.0005)
 
 
 def _preload(root: Path) -> None:
@@ -127,11 +146,13 @@ def _worker(request: dict[str, Any], control_fd: int) -> None:
     spawn_id = request["spawn"]
     code = 0
     try:
+        die_with_parent(signal.SIGKILL)  # first: a worker stopped below must not outlive its zygote
+        if os.getppid() == 1:
+            os._exit(1)
         if request.get("hold"):  # wait until the gateway has put this process in its memory cgroup
             os.kill(os.getpid(), signal.SIGSTOP)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        die_with_parent(signal.SIGKILL)
         os.dup2(2, 1)  # the zygote's stdout is the control channel; stderr is the function's log
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -197,11 +218,14 @@ def _serve(app: Any, sock: socket.socket) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fnpack.platform.zygote")
     parser.add_argument("--root", type=Path, required=True, help="an unpacked archive to import libraries from")
+    parser.add_argument("--folder", type=Path, help="the working folder, entered once the user is switched")
     parser.add_argument("--user", type=int, help="become this uid (and --group) before importing anything")
     parser.add_argument("--group", type=int)
     args = parser.parse_args(argv)
     if args.user is not None:
         become(args.user, args.group if args.group is not None else args.user)
+    if args.folder is not None:
+        os.chdir(args.folder)
     die_with_parent()  # after the switch: changing credentials clears the parent-death signal
     no_new_privileges()
     _preload(args.root)
@@ -214,10 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         if pid == 0:
             _worker(request, os.dup(1))
         if request.get("hold"):
-            try:
-                os.waitpid(pid, os.WUNTRACED)  # returns once the child has stopped itself
-            except ChildProcessError:  # it died first, and was reaped: "exited" says so
-                pass
+            _wait_stopped(pid)
         _emit(1, {"forked": request["spawn"], "pid": pid})
     return 0
 

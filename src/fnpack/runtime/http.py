@@ -20,7 +20,7 @@ from fnpack.runtime import oip
 from fnpack.runtime.batching import Batcher
 from fnpack.runtime.function import BadRequest, Function, RequestError, loads
 from fnpack.runtime.metrics import Metrics
-from fnpack.runtime.watchdog import GuardedExecutor
+from fnpack.runtime.watchdog import CallTimedOut, GuardedExecutor
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -87,7 +87,7 @@ class FunctionApp:
             response, error = json_response(exc.status, exc.body), exc.body["error"]
         except RequestError as exc:
             response, error = json_response(422, {"error": "unprocessable", "message": str(exc)}), "unprocessable"
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, CallTimedOut):  # CallTimedOut: a batch shared with a timed-out call
             error = "timeout"
             response = json_response(504, {"error": error, "message":
                                            f"the request took longer than the function's timeout of "

@@ -40,28 +40,40 @@ class GuardedExecutor(ThreadPoolExecutor):
         self.running: dict[int, tuple[int, float]] = {}  # call id -> (thread id, started)
         self.retiring = False
         self._ids = itertools.count()
+        # Raising into a thread and that thread leaving its call exclude each other: an exception is
+        # only ever raised into the call it was meant for, never into the pool's own code.
+        self._lock = threading.Lock()
+        self._raised: set[int] = set()  # threads with an exception raised into them, maybe not delivered
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         call = next(self._ids)
 
         def run() -> Any:
-            self.running[call] = (threading.get_ident(), time.monotonic())
+            thread = threading.get_ident()
+            with self._lock:
+                self.running[call] = (thread, time.monotonic())
             try:
                 return fn(*args, **kwargs)
             except CallTimedOut:
                 log.warning("a call that overran the timeout was stopped")
                 raise
             finally:
-                self.running.pop(call, None)
+                with self._lock:
+                    self.running.pop(call, None)
+                    if thread in self._raised:  # not yet delivered, it must not hit the next call
+                        self._raised.discard(thread)
+                        _clear(thread)
 
         return super().submit(run)
 
     def overran(self, timeout: float) -> None:
         """A request timed out: stop the calls running for longer than `timeout`, check on them later."""
         now = time.monotonic()
-        for call, (thread, started) in list(self.running.items()):
-            if now - started >= timeout * 0.99:
-                _raise_in(thread)
+        with self._lock:
+            for thread, started in self.running.values():
+                if now - started >= timeout * 0.99:
+                    _raise_in(thread)
+                    self._raised.add(thread)
         asyncio.get_running_loop().call_later(GRACE, self._check, timeout)
 
     def _check(self, timeout: float) -> None:
@@ -77,6 +89,12 @@ def _raise_in(thread: int) -> None:
     import ctypes
 
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(CallTimedOut))
+
+
+def _clear(thread: int) -> None:
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), None)  # NULL: clears a pending one
 
 
 def retire(reason: str) -> None:
