@@ -10,7 +10,9 @@ descriptor limit every accept fails, for real clients too. Here:
   cap is ever buffered;
 - a body must keep coming: at least BODY_PROGRESS bytes every FNPACK_BODY_TIMEOUT seconds (default
   10) until it is complete, else the connection closes (a body trickled a byte at a time would
-  hold the connection, and the request, for ever);
+  hold the connection, and the request, for ever); likewise a client must keep reading: an answer
+  it has not taken for that long closes the connection (pipelined requests it never reads would
+  keep the connection busy, never evicted);
 - over FNPACK_MAX_CONNECTIONS open connections (default: from RLIMIT_NOFILE, whose soft limit is
   raised to the hard one first) the connection idle longest (no request in progress) is closed;
   a new connection is refused only when every other one is busy.
@@ -103,6 +105,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_bytes = -1  # body bytes since the last check; -1: no body is being read
         self._body_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -115,10 +118,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._idle.pop(self, None)
-        for timer in (self._head_timer, self._body_timer):
+        for timer in (self._head_timer, self._body_timer, self._write_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._body_timer = None
+        self._head_timer = self._body_timer = self._write_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -153,6 +156,17 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._body_bytes = -1
         super().on_message_complete()
+
+    def pause_writing(self) -> None:  # the client does not read what it is sent
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.limits.body_timeout, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
     def _check_body(self) -> None:
         self._body_timer = None

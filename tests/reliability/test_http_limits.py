@@ -194,6 +194,37 @@ def test_a_trickled_body_is_dropped_and_never_served_while_a_real_client_is(star
     assert server.answer().status_code == 200
 
 
+def _established(port: int) -> int:
+    """Open TCP connections whose local end is `port` (the server's side), from /proc/net/tcp."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                count += int(local.rsplit(":", 1)[1], 16) == port and state == "01"
+    return count
+
+
+def test_a_client_that_never_reads_its_answers_is_dropped(start: Callable[..., Server]) -> None:
+    server = start({"FNPACK_BODY_TIMEOUT": "1"})
+    greedy = socket.socket()
+    greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes almost nothing of its answers
+    greedy.connect((server.host, server.port))
+    requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 60_000  # pipelined, never read
+
+    def flood() -> None:
+        with contextlib.suppress(OSError):
+            greedy.sendall(requests)
+
+    threading.Thread(target=flood, daemon=True).start()
+    deadline = time.monotonic() + 2 * 1 + MARGIN + 5
+    while _established(server.port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _established(server.port) == 0, "the connection of a client that never reads is still open"
+    assert server.answer().status_code == 200
+    greedy.close()
+
+
 def test_a_64_mib_header_is_refused_431_without_being_buffered(start: Callable[..., Server]) -> None:
     server = start({})
     before = server.peak_rss()

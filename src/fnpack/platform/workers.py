@@ -542,7 +542,11 @@ class WorkerPool:
         return worker
 
     def _forked(self, spawn_id: int, pid: int) -> None:
-        pool = self._spawning.get(spawn_id)
+        # Moving a process into a cgroup takes 5-20 ms here (the kernel waits for an RCU grace
+        # period): in a thread, so that the gateway's other requests do not wait for it too.
+        asyncio.get_running_loop().run_in_executor(None, self._limit, spawn_id, pid, self._spawning.get(spawn_id))
+
+    def _limit(self, spawn_id: int, pid: int, pool: VersionPool | None) -> None:
         try:
             if pool is None:
                 raise OSError("its start was given up already")
