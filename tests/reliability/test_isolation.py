@@ -142,6 +142,22 @@ def test_what_a_worker_forges_on_the_control_channel_touches_no_other_process(pl
     assert "forged" not in (platform.state / "logs" / "victim.log").read_text()
 
 
+def test_deploying_the_same_archive_again_leaves_its_tree_to_its_function(platform: Platform,
+                                                                          built: dict[str, dict]) -> None:
+    """The same bytes give back the same version and tree: the tree, verified and opened to its
+    function already, must stay readable to it (a new zygote imports from it)."""
+    assert platform.result("victim", "whoami")["ok"] is True  # served: its tree is verified and opened
+    token = (platform.state / "token").read_text().strip()
+    again = httpx.post(f"{platform.url}/api/v1/functions/victim/versions", timeout=60,
+                       content=Path(built["victim"]["archive"]).read_bytes(), headers={"authorization": f"Bearer {token}"})
+    assert again.status_code == 200 and again.json()["created"] is False, again.text
+    platform.probe("victim", "kill-zygote")  # the next request needs a new zygote, reading the tree
+    deadline = time.monotonic() + 30
+    while (answer := platform.probe("victim", "whoami")).status_code != 200:
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.2)
+
+
 def test_workers_get_a_scrubbed_environment_and_a_folder_of_their_own(platform: Platform) -> None:
     env = platform.result("prober", "env")["env"]
     for name in SECRETS:

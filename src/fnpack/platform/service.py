@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import platform as host
-import shutil
 import sys
 import threading
 from dataclasses import dataclass
@@ -117,7 +116,7 @@ class LocalPlatform:
                 return self.registry.deploy(upload, name, manifest["spec"], actor)
             except BaseException as exc:
                 if fresh:  # no version has it yet (an existing tree may serve one): take it back
-                    shutil.rmtree(unpacked_path(sha256, self.unpacked), ignore_errors=True)
+                    remove_tree(unpacked_path(sha256, self.unpacked))
                 error = state_error(exc, self.state_dir, needed)
                 if error is None or error is exc:
                     raise
@@ -156,8 +155,9 @@ class LocalPlatform:
                 tree.chmod(0o700)
 
     def _unpack(self, archive: Path, sha256: str) -> Path:
-        root = unpack_archive(archive, sha256, self.unpacked)
-        if self.isolation.separate_users:
+        fresh = not unpacked_path(sha256, self.unpacked).is_dir()
+        root = unpack_archive(archive, sha256, self.unpacked)  # an existing tree is given back as it is
+        if fresh and self.isolation.separate_users:
             root.chmod(0o700)  # until `_trust` opens it to its function's group
         return root
 
