@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,6 +20,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def worker_pids(state_dir: Path, name: str) -> list[int]:
+    """Every worker the platform reported ready for function `name`, from its log."""
+    log = (Path(state_dir) / "logs" / f"{name}.log").read_text()
+    return [int(p) for p in re.findall(r"worker pid (\d+) ready", log)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def all_gone(pids: list[int], timeout: float = 10) -> bool:
+    """Wait up to `timeout` for every process to exit; whether they all did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    return not any(alive(p) for p in pids)
 
 
 def stop(process: subprocess.Popen, timeout: float = 15) -> None:

@@ -7,7 +7,6 @@ the gateway killed in the middle of a deploy, a flood to a cold function, bad co
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import httpx
 import pytest
 
 from conftest import EXAMPLES, fnpack
-from servers import free_port, platform, platform_process
+from servers import all_gone, free_port, platform, platform_process, worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -103,27 +102,6 @@ class Api:
         return {"versions": self.http.get(f"/api/v1/functions/{name}/versions").json(),
                 "aliases": self.http.get(f"/api/v1/functions/{name}/aliases").json(),
                 "history": self.http.get(f"/api/v1/functions/{name}/aliases/live/history").json()}
-
-
-def _worker_pids(state_dir: Path, name: str) -> list[int]:
-    log = (state_dir / "logs" / f"{name}.log").read_text()
-    return [int(p) for p in re.findall(r"worker pid (\d+) ready", log)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _all_gone(pids: list[int], timeout: float = 10) -> bool:
-    """Wait up to `timeout` for every process to exit; whether they all did."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.1)
-    return not any(_alive(p) for p in pids)
 
 
 def test_deploy_alias_invoke_and_oip(archives: dict, tmp_path: Path) -> None:
@@ -294,9 +272,9 @@ def test_flood_to_a_cold_function_all_succeed_then_it_scales_to_zero(archives: d
         with ThreadPoolExecutor(32) as pool:
             statuses = Counter(pool.map(lambda _: api.invoke("brief").status_code, range(200)))
         assert statuses == {200: 200}
-        pids = _worker_pids(state, "brief")
+        pids = worker_pids(state, "brief")
         assert 1 <= len(set(pids))  # 32 clients over target_concurrency 8: scaled up, idle ones stopped
-        assert _all_gone(pids), "idle workers should stop after idle_timeout (1 s)"
+        assert all_gone(pids), "idle workers should stop after idle_timeout (1 s)"
         metrics = httpx.get(f"{url}/metrics").text
         assert 'fnpack_workers{function="brief",version="1"} 0.0' in metrics
         assert "stopping worker pid" in (state / "logs" / "brief.log").read_text()
@@ -311,7 +289,7 @@ def test_worker_killed_under_load_is_replaced(archives: dict, tmp_path: Path) ->
         api.deploy(archives["v1"])
         api.alias("iris", 1)
         assert api.invoke("iris").status_code == 200
-        [victim] = _worker_pids(state, "iris")
+        [victim] = worker_pids(state, "iris")
         results: list[tuple[float, int, str]] = []
         stop = threading.Event()
 
@@ -338,7 +316,7 @@ def test_worker_killed_under_load_is_replaced(archives: dict, tmp_path: Path) ->
         assert later and all(status == 200 for _, status, _ in later)
         log = (state / "logs" / "iris.log").read_text()
         assert f"worker pid {victim} exited: killed by signal 9 (SIGKILL)" in log
-        assert len(_worker_pids(state, "iris")) >= 2
+        assert len(worker_pids(state, "iris")) >= 2
 
 
 def test_scale_up_under_concurrency_and_a_failing_start(archives: dict, tmp_path: Path) -> None:
@@ -424,10 +402,10 @@ def test_no_worker_outlives_a_killed_gateway(archives: dict, tmp_path: Path) -> 
         api.deploy(archives["v1"])
         api.alias("iris", 1)
         assert api.invoke("iris").status_code == 200
-        pids = _worker_pids(state, "iris")
+        pids = worker_pids(state, "iris")
         process.kill()
         process.wait()
-    assert _all_gone(pids)
+    assert all_gone(pids)
     zygotes = subprocess.run(["pgrep", "-f", f"fnpack.platform.zygote --root {state}"], capture_output=True, text=True)
     assert zygotes.stdout.strip() == ""
 
@@ -440,10 +418,10 @@ def test_delete_stops_workers_and_frees_the_name(archives: dict, tmp_path: Path)
         api.deploy(archives["v2"])
         api.alias("iris", 1)
         assert api.invoke("iris:2").status_code == 200
-        [pid] = _worker_pids(state, "iris")
+        [pid] = worker_pids(state, "iris")
         deleted = api.http.delete("/api/v1/functions/iris/versions/2")
         assert deleted.status_code == 200 and deleted.json()["deleted"][0]["number"] == 2
-        assert _all_gone([pid])
+        assert all_gone([pid])
         gone = api.invoke("iris:2")
         assert gone.status_code == 404 and "no version 2" in gone.json()["message"]
         assert api.http.delete("/api/v1/functions/iris").status_code == 200

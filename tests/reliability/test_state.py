@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from conftest import EXAMPLES, fnpack
-from servers import free_port, platform, platform_process, wait_ready
+from servers import all_gone, alive, free_port, platform, platform_process, wait_ready, worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -115,21 +115,6 @@ def _strays(state: Path) -> list[str]:
     return strays
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _all_gone(pids: list[int], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.1)
-    return not any(_alive(p) for p in pids)
-
-
 def _zygotes(state: Path, parent: int | None = None) -> list[int]:
     """Zygotes (and the workers they forked, which keep their command line) of trees under `state`."""
     found = subprocess.run(["pgrep", "-f", f"fnpack.platform.zygote --root {state}"], capture_output=True, text=True)
@@ -142,10 +127,6 @@ def _parent(pid: int) -> int | None:
             return int(stat.read().split(") ")[1].split()[1])
     except (FileNotFoundError, IndexError, ValueError):
         return None
-
-
-def _worker_pids(state: Path, name: str) -> list[int]:
-    return [int(p) for p in re.findall(r"worker pid (\d+) ready", (state / "logs" / f"{name}.log").read_text())]
 
 
 def _mount(command: str, path: Path) -> None:
@@ -433,7 +414,7 @@ def test_a_read_only_state_folder_is_a_clear_503_and_sigterm_still_stops_everyth
             assert api.deploy(archives["a" if name == "iris" else "other"], name).status_code == 201
             assert api.alias(name, 1).status_code == 200
             assert api.invoke(name).status_code == 200  # a worker and a zygote each
-        children = _worker_pids(state, "iris") + _worker_pids(state, "other") + _zygotes(state)
+        children = worker_pids(state, "iris") + worker_pids(state, "other") + _zygotes(state)
         assert len(children) >= 4
         followed = threading.Thread(target=lambda: _drain(api, "/api/v1/functions/iris/logs?follow=1"), daemon=True)
         followed.start()  # a client holding a stream open must not hold the exit either
@@ -442,7 +423,7 @@ def test_a_read_only_state_folder_is_a_clear_503_and_sigterm_still_stops_everyth
             # the state folder (its log) to start. Before: that call waited forever.
             [zygote] = _zygotes(state / "unpacked" / _sha(archives["a"]), parent=process.pid)
             os.kill(zygote, signal.SIGKILL)
-            assert _all_gone([zygote, *_worker_pids(state, "iris")], 10)
+            assert all_gone([zygote, *worker_pids(state, "iris")], 10)
             cold = api.invoke("iris", timeout=60)
             assert cold.status_code == 503, cold.text
             assert f"the state folder {state} cannot be written" in cold.json()["message"], cold.text
@@ -458,7 +439,7 @@ def test_a_read_only_state_folder_is_a_clear_503_and_sigterm_still_stops_everyth
             process.send_signal(signal.SIGTERM)
             process.wait(20)
             assert time.monotonic() - began < 12
-            assert _all_gone(children, 5), [p for p in children if _alive(p)]
+            assert all_gone(children, 5), [p for p in children if alive(p)]
         assert _zygotes(state) == []
 
 
@@ -488,7 +469,7 @@ def test_sigterm_stops_a_gateway_whose_request_hangs(archives: dict, tmp_path: P
         api.deploy(archives["a"])
         api.alias("iris", 1)
         assert api.invoke("iris").status_code == 200
-        children = _worker_pids(state, "iris") + _zygotes(state)
+        children = worker_pids(state, "iris") + _zygotes(state)
         threading.Thread(target=lambda: _drain(api, "/api/v1/functions/iris/logs?follow=1"), daemon=True).start()
         time.sleep(0.5)
         began = time.monotonic()
@@ -498,7 +479,7 @@ def test_sigterm_stops_a_gateway_whose_request_hangs(archives: dict, tmp_path: P
         except subprocess.TimeoutExpired:
             pytest.fail("the gateway ignored SIGTERM for 20 s")
         assert time.monotonic() - began < 12
-        assert _all_gone(children, 5)
+        assert all_gone(children, 5)
 
 
 if __name__ == "__main__":

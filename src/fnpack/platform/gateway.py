@@ -317,8 +317,7 @@ class Gateway:
             if path.startswith("/v2/models/"):
                 return await self._oip(scope, receive, send, path[11:])
             if path in _NEEDS_INVOKE_TOKEN and not self._may_invoke(scope):
-                return await _send_error(send, 401, "unauthorized", "missing or wrong invoke token",
-                                         [(b"www-authenticate", b"Bearer")])
+                return await _send_unauthorized(send)
         await self.control(scope, receive, send)
 
     def _may_invoke(self, scope: Scope) -> bool:
@@ -360,8 +359,7 @@ class Gateway:
                        fixed_path: bytes | None, worker_path: Callable[[int], bytes]) -> None:
         began = time.perf_counter()
         if not self._may_invoke(scope):
-            return await _send_error(send, 401, "unauthorized", "missing or wrong invoke token",
-                                     [(b"www-authenticate", b"Bearer")])
+            return await _send_unauthorized(send)
         try:
             body = await _read_body(receive, MAX_BODY)
         except _ClientGone:
@@ -438,6 +436,10 @@ async def _send_error(send: Send, status: int, error: str, message: str,
                       headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps({"error": error, "message": message}).encode()
     await _send(send, status, body, [(b"content-type", b"application/json"), *(headers or [])])
+
+
+async def _send_unauthorized(send: Send) -> None:
+    await _send_error(send, 401, "unauthorized", "missing or wrong invoke token", [(b"www-authenticate", b"Bearer")])
 
 
 # --- `fnpack serve` ------------------------------------------------------------------------------

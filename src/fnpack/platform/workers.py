@@ -501,7 +501,7 @@ class WorkerPool:
             return MemoryExceeded(
                 f"the worker serving {pool.label} (pid {worker.pid}) went over its memory limit of "
                 f"{pool.scaling.memory_mib} MiB (resources.memory) and was stopped; this request was not completed",
-                hint=f"raise resources.memory in fnpack.yaml, or send smaller requests; a new worker starts "
+                hint="raise resources.memory in fnpack.yaml, or send smaller requests; a new worker starts "
                      "with the next request")
         return WorkerLost(f"the worker serving {pool.label} (pid {worker.pid}) stopped before it answered ({why}); "
                           "it exited or crashed, and this request was not completed",
