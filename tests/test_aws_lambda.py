@@ -229,7 +229,7 @@ def test_alias_errors_leave_the_alias_as_it_was(aws: dict[str, str], build: Any)
 
 
 def _target(monkeypatch: pytest.MonkeyPatch, aws: dict[str, str]) -> Any:
-    from fnpack.targets.aws_lambda import AwsLambdaTarget
+    from fnpack.targets.aws_lambda.target import AwsLambdaTarget
 
     for key, value in aws.items():
         monkeypatch.setenv(key, value)
@@ -341,7 +341,7 @@ def test_wrong_archives_are_refused_before_any_api_call(aws: dict[str, str], bui
 def test_over_250_mb_unzipped_is_refused_before_any_api_call(aws: dict[str, str], build: Any,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from fnpack.errors import BudgetError
-    from fnpack.targets import aws_settings
+    from fnpack.targets.aws_lambda import settings as aws_settings
 
     target = _target(monkeypatch, {**aws, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"})
     monkeypatch.setattr(aws_settings, "LAMBDA_UNZIPPED", 1_000_000)  # instead of building a 250 MB archive
@@ -393,7 +393,7 @@ def test_access_denied_names_the_missing_permission(aws: dict[str, str], build: 
 def test_error_mapping_names_permissions_and_unwraps_xml() -> None:
     from botocore.exceptions import ClientError
 
-    from fnpack.targets.aws_errors import AccessDeniedError, aws_error
+    from fnpack.targets.aws_lambda.errors import AccessDeniedError, aws_error
 
     xml = ('<?xml version="1.0"?><ErrorResponse><Error><Code>AccessDenied</Code><Message>User: arn:aws:iam::1:user/'
            'x is not authorized to perform: lambda:CreateFunction</Message></Error></ErrorResponse>')

@@ -456,7 +456,7 @@ def test_names_with_a_newline_or_foreign_digits_are_refused_by_the_cli(api: Api,
 def test_spec_names_accept_only_their_characters(key: str, value: Any) -> None:
     from fnpack.errors import SpecError, UsageError
     from fnpack.spec import parse_spec
-    from fnpack.targets.aws_settings import LambdaSettings
+    from fnpack.targets.aws_lambda.settings import LambdaSettings
 
     spec: dict[str, Any] = {"name": "iris", "model": "model.onnx"}
     section, _, field = key.partition(".")

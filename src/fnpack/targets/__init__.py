@@ -17,11 +17,11 @@ def get_target(name: str, **settings: Any) -> Target:
     """The target called `name`, configured with its settings (local: url, state_dir, token, invoke_token;
     aws-lambda: region, role, bucket, memory, timeout, environment, function_url, plus the local ones, ignored)."""
     if name == "local":
-        from fnpack.targets.local import LocalTarget
+        from fnpack.targets.local.target import LocalTarget
 
         return LocalTarget(**settings)
     if name == "aws-lambda":
-        from fnpack.targets.aws_lambda import AwsLambdaTarget
+        from fnpack.targets.aws_lambda.target import AwsLambdaTarget
 
         return AwsLambdaTarget(**settings)
     if name in TARGETS:

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from fnpack.build.budget import human
 from fnpack.errors import ConflictError, FnpackError, NotFoundError, UsageError
-from fnpack.targets.aws_errors import AccessDeniedError, aws_error, error_parts
-from fnpack.targets.aws_history import BUCKET_TAG, HistoryStore
-from fnpack.targets.aws_settings import LambdaSettings, check_archive, check_compatible, direct_upload_max
+from fnpack.targets.aws_lambda.errors import AccessDeniedError, aws_error, error_parts
+from fnpack.targets.aws_lambda.history import BUCKET_TAG, HistoryStore
+from fnpack.targets.aws_lambda.settings import LambdaSettings, check_archive, check_compatible, direct_upload_max
 from fnpack.targets.base import Deployment, Plan, Step, actor, read_deployable
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
 
 if TYPE_CHECKING:
-    from fnpack.targets.aws_lambda import AwsLambdaTarget
+    from fnpack.targets.aws_lambda.target import AwsLambdaTarget
 
 DESCRIPTION = "deployed by fnpack"  # on $LATEST: how `fnpack ls` tells fnpack's functions from others
 DEFAULT_HANDLER = "fnpack_handler.handler"

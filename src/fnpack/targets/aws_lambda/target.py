@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from fnpack.errors import ConflictError, FnpackError, NotFoundError, UsageError
-from fnpack.targets.aws_deploy import DESCRIPTION, LambdaDeployer, lambda_version
-from fnpack.targets.aws_errors import CREDENTIALS_HINT, REGION_HINT, aws_error, error_parts
-from fnpack.targets.aws_history import BUCKET_TAG, HistoryStore
-from fnpack.targets.aws_settings import LambdaSettings
+from fnpack.targets.aws_lambda.deploy import DESCRIPTION, LambdaDeployer, lambda_version
+from fnpack.targets.aws_lambda.errors import CREDENTIALS_HINT, REGION_HINT, aws_error, error_parts
+from fnpack.targets.aws_lambda.history import BUCKET_TAG, HistoryStore
+from fnpack.targets.aws_lambda.settings import LambdaSettings
 from fnpack.targets.base import Deployment, FunctionSummary, Invocation, InvokeError, Plan, Target, actor
 from fnpack.versions import DEFAULT_ALIAS, AliasMove, AliasState, Qualifier, Version, rollback_step
 

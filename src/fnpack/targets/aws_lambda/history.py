@@ -33,7 +33,7 @@ from dataclasses import asdict
 from typing import Any
 
 from fnpack.errors import ConflictError, FnpackError, NotFoundError
-from fnpack.targets.aws_errors import aws_error, error_parts
+from fnpack.targets.aws_lambda.errors import aws_error, error_parts
 from fnpack.targets.base import move_from_dict
 from fnpack.versions import AliasMove
 

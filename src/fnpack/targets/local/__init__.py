@@ -1,0 +1,1 @@
+"""The local target: the client of the local platform (`fnpack serve`)."""
