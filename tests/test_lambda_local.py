@@ -1,4 +1,4 @@
-"""`fnpack.lambda_local` end to end: real archives built by the CLI, run by AWS's awslambdaric."""
+"""`fnpack.targets.aws_lambda.emulator` end to end: real archives built by the CLI, run by AWS's awslambdaric."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 from conftest import EXAMPLES, fnpack
 from fnpack.errors import ArchiveError
-from fnpack.lambda_local import (
+from fnpack.targets.aws_lambda.emulator.local import (
     InvokeResult,
     LocalLambda,
     UsageError,

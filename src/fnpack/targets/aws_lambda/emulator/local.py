@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import IO, Any, Literal, Self
 from urllib.parse import parse_qsl
 
-from .archive import open_archive
-from .errors import ArchiveError, DependencyError, UsageError
+from fnpack.archive import open_archive
+from fnpack.errors import ArchiveError, DependencyError, UsageError
 
 MAX_PAYLOAD = 6 * 1024 * 1024  # Lambda's limit for synchronous requests and responses
 INIT_TIMEOUT = 10.0  # Lambda's limit for the init phase of an on-demand function

@@ -1,0 +1,1 @@
+"""The local AWS Lambda emulator behind `fnpack run ARCHIVE --as lambda` (moved from `fnpack.lambda_local`)."""
