@@ -17,11 +17,10 @@ import httpx
 import pytest
 
 from conftest import EXAMPLES, fnpack
-from fnpack.errors import ArchiveError
-from fnpack.targets.aws_lambda.emulator.local import (
+from fnpack.errors import ArchiveError, UsageError
+from fnpack.targets.aws_lambda.emulator import (
     InvokeResult,
     LocalLambda,
-    UsageError,
     run_lambda,
     serve_http,
     url_event,

@@ -92,7 +92,7 @@ def run(
         raise typer.BadParameter(f"{as_!r}: expected http or lambda", param_hint="--as")
     with handle_errors(False):
         if as_ == "lambda":
-            from fnpack.targets.aws_lambda.emulator.local import run_lambda
+            from fnpack.targets.aws_lambda.emulator import run_lambda
 
             raise typer.Exit(run_lambda(archive, data=data, event_file=event, port=port))
         from fnpack import worker
