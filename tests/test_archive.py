@@ -328,6 +328,16 @@ def test_deflate64_support_is_imported_only_when_needed(tmp_path: Path) -> None:
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
+def test_the_package_imports_only_the_reader() -> None:
+    # fnpack.archive re-exports the reader; fetch (httpx, boto3) and inspect (the build's budget) load only when named.
+    code = (
+        "import sys, fnpack.archive; "
+        "print(sorted(m for m in ('fnpack.archive.fetch', 'fnpack.archive.inspect', 'fnpack.build', 'httpx', 'boto3') "
+        "if m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
 def test_symlink_fixture_from_info_zip_is_rejected() -> None:
     message = rejected(FIXTURES / "symlink-escape.zip")
     assert "symlink 'escape' points outside the archive ('../../etc/passwd')" in message

@@ -1,4 +1,4 @@
-"""fnpack.fetch against real servers on 127.0.0.1: a moto_server process for s3:// and http.server for http://."""
+"""fnpack.archive.fetch against real servers on 127.0.0.1: a moto_server process for s3:// and http.server for http://."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from fnpack.errors import ArchiveError
-from fnpack.fetch import fetch_archive, unpack_archive
+from fnpack.archive.fetch import fetch_archive, unpack_archive
 from servers import free_port
 
 FILES = {"a.txt": b"hello fnpack\n", "model/b.bin": bytes(range(256)) * 8}
@@ -211,7 +211,7 @@ def test_fetch_http_connection_lost_midway(tmp_path: Path) -> None:
 
 
 def test_http_and_s3_clients_are_imported_lazily() -> None:
-    code = "import sys, fnpack.fetch; print(sorted(m for m in ('httpx', 'boto3', 'botocore') if m in sys.modules))"
+    code = "import sys, fnpack.archive.fetch; print(sorted(m for m in ('httpx', 'boto3', 'botocore') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
 

@@ -27,7 +27,7 @@ def default_cache() -> Path:
 
 def prepare(uri: str, sha256: str, cache_dir: Path) -> Path:
     """Fetch, verify and unpack; the unpacked archive's folder."""
-    from fnpack.fetch import fetch_archive, unpack_archive, unpacked_path
+    from fnpack.archive.fetch import fetch_archive, unpack_archive, unpacked_path
 
     unpacked = unpacked_path(sha256, cache_dir / "unpacked")
     if unpacked.is_dir():  # a start that follows the first: no fetch, no hashing of the zip

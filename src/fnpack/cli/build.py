@@ -65,7 +65,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Show an archive's manifest, handler, sizes and whether it is intact."""
-    from fnpack.inspect import inspect_archive
+    from fnpack.archive.inspect import inspect_archive
 
     with handle_errors(as_json):
         report = inspect_archive(archive, expected_sha256=sha256)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from fnpack.archive import MANIFEST_NAME, open_archive
+from fnpack.archive.fetch import unpack_archive, unpacked_path, verify_unpacked
 from fnpack.errors import ArchiveError, FnpackError, NotFoundError, OutputError, SpecError, StartError
-from fnpack.fetch import unpack_archive, unpacked_path, verify_unpacked
 from fnpack.platform.isolation import Isolation, remove_tree
 from fnpack.platform.memory import MemoryLimits
 from fnpack.platform.metrics import GatewayMetrics

@@ -1,4 +1,6 @@
-"""The one reader for fnpack archives: `inspect`, the build's smoke run and the runtime server all open archives here.
+"""fnpack.archive.reader, the one reader for fnpack archives: `inspect`, the build's smoke run and the runtime server all open archives here.
+
+Its public names are re-exported by `fnpack.archive`; import them from there.
 
 `open_archive` rejects an unsafe archive before a single byte is extracted:
 hostile names, escaping symlinks, zip bombs, encryption, unknown compression.
@@ -31,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from .errors import ArchiveError, OutputError
+from fnpack.errors import ArchiveError, OutputError
 
 MANIFEST_NAME = "fnpack.json"
 

@@ -1,4 +1,4 @@
-"""`fnpack inspect`: what an archive holds and whether it is intact, read with the safe reader."""
+"""fnpack.archive.inspect, behind `fnpack inspect`: what an archive holds and whether it is intact, read with the safe reader."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fetch an archive by URI into a content-addressed cache, then unpack it once, safely.
+"""fnpack.archive.fetch: fetch an archive by URI into a content-addressed cache, then unpack it once, safely.
 
 `fetch_archive` streams file://, plain-path, http(s):// and s3:// sources to a temp file
 in the cache folder, hashes the bytes as they arrive and renames the file to
@@ -25,8 +25,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
-from .archive import MANIFEST_NAME, open_archive, sha256_file
-from .errors import ArchiveError, OutputError
+from fnpack.archive.reader import MANIFEST_NAME, open_archive, sha256_file
+from fnpack.errors import ArchiveError, OutputError
 
 _CHUNK = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
