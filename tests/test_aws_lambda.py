@@ -254,7 +254,7 @@ def test_concurrent_moves_one_wins_and_the_other_changes_nothing(aws: dict[str, 
             raced.append(True)
             theirs.set_alias(name, "live", AliasState(1), "theirs")
 
-    mine._client("s3").meta.events.register("after-call.s3.GetObject", their_move)
+    mine.api.client("s3").meta.events.register("after-call.s3.GetObject", their_move)
     with pytest.raises(ConflictError) as caught:
         mine.set_alias(name, "live", AliasState(2), "mine")
     assert "moved by someone else at the same time" in caught.value.message
@@ -271,7 +271,7 @@ def test_concurrent_moves_one_wins_and_the_other_changes_nothing(aws: dict[str, 
         return Refused(), {"Error": {"Code": "PreconditionFailedException",
                                      "Message": "The Revision Id provided does not match the latest Revision Id."}}
 
-    mine._client("lambda").meta.events.register("before-call.lambda.UpdateAlias", stale_revision)
+    mine.api.client("lambda").meta.events.register("before-call.lambda.UpdateAlias", stale_revision)
     with pytest.raises(ConflictError) as caught:
         mine.set_alias(name, "live", AliasState(3), "mine again")
     assert "RevisionId" in caught.value.message and "left as it was" in caught.value.message
@@ -341,14 +341,14 @@ def test_wrong_archives_are_refused_before_any_api_call(aws: dict[str, str], bui
 def test_over_250_mb_unzipped_is_refused_before_any_api_call(aws: dict[str, str], build: Any,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from fnpack.errors import BudgetError
-    from fnpack.targets.aws_lambda import settings as aws_settings
+    from fnpack.targets.aws_lambda import checks as aws_settings
 
     target = _target(monkeypatch, {**aws, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"})
     monkeypatch.setattr(aws_settings, "LAMBDA_UNZIPPED", 1_000_000)  # instead of building a 250 MB archive
     with pytest.raises(BudgetError) as caught:
         target.plan_deploy(build("iris"))
     assert "over AWS Lambda's hard limit" in caught.value.message
-    assert target._clients == {}  # no client was even made
+    assert not target.api.clients_made  # no client was even made
 
 
 def test_no_credentials_or_region(aws: dict[str, str], build: Any) -> None:

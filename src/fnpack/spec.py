@@ -13,6 +13,8 @@ from pydantic import (BaseModel, ByteSize, ConfigDict, Field, ValidationError, V
                       model_validator)
 
 from fnpack.errors import SpecError
+from fnpack.targets.aws_lambda.settings import LambdaSettings
+from fnpack.targets.catalog import TARGETS as DEPLOY_TARGETS
 
 SPEC_FILE = "fnpack.yaml"
 RUNTIMES = ("python3.11", "python3.12")
@@ -21,17 +23,6 @@ DTYPES = ("bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32
 # Used with fullmatch() only: `$` also matches before a final newline. re.ASCII: `\d` and `\w` take any script.
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 CALLABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
-DEPLOY_TARGETS = ("local", "aws-lambda", "knative", "openfaas")
-ROLE_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$", re.ASCII)
-BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-REGION_PATTERN = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$", re.ASCII)
-ENV_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-# Lambda sets these itself and refuses them in a function's environment.
-LAMBDA_RESERVED_ENV = frozenset({
-    "_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV", "AWS_LAMBDA_FUNCTION_NAME",
-    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_INITIALIZATION_TYPE",
-    "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME", "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR"})
 
 
 class _Strict(BaseModel):
@@ -110,54 +101,6 @@ class Budget(_Strict):
     unzipped: ByteSize | None = None
 
 
-class AwsLambdaSettings(_Strict):
-    """The aws-lambda target's settings. Flags and FNPACK_LAMBDA_* variables override each key; memory and
-    timeout default to `resources`. The whole spec is copied into the archive's manifest, so keep secrets
-    out of `environment` (use Lambda's own secret handling)."""
-
-    region: str | None = Field(default=None, description="AWS region, e.g. eu-west-1 (default: AWS_REGION).")
-    role: str | None = Field(default=None, description="Execution role ARN; needed to create the function.")
-    bucket: str | None = Field(default=None, description="S3 bucket for archives over 50 MB and the shared "
-                                                         "alias history.")
-    memory: int | None = Field(default=None, ge=128, le=10240, description="Memory in MB (default: resources).")
-    timeout: int | None = Field(default=None, ge=1, le=900, description="Timeout in seconds (default: resources).")
-    arch: Literal["x86_64", "arm64"] | None = Field(default=None, description="Must equal `arch`, if given.")
-    environment: dict[str, str] = Field(default_factory=dict, description="Environment variables of the function.")
-    function_url: Literal["NONE", "AWS_IAM"] | None = Field(
-        default=None, description="Give each deployed alias a Function URL with this auth type.")
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, region: str | None) -> str | None:
-        if region is not None and not REGION_PATTERN.fullmatch(region):
-            raise ValueError(f"{region!r} is not an AWS region name (e.g. 'eu-west-1')")
-        return region
-
-    @field_validator("role")
-    @classmethod
-    def _role_arn(cls, role: str | None) -> str | None:
-        if role is not None and not ROLE_ARN_PATTERN.fullmatch(role):
-            raise ValueError(f"{role!r} is not an IAM role ARN (e.g. 'arn:aws:iam::123456789012:role/fnpack-lambda')")
-        return role
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket(cls, bucket: str | None) -> str | None:
-        if bucket is not None and (not BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket):
-            raise ValueError(f"{bucket!r} is not an S3 bucket name (3-63 lower-case letters, digits, '.', '-')")
-        return bucket
-
-    @field_validator("environment")
-    @classmethod
-    def _env_names(cls, environment: dict[str, str]) -> dict[str, str]:
-        for key in environment:
-            if not ENV_NAME_PATTERN.fullmatch(key):
-                raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '_')")
-            if key in LAMBDA_RESERVED_ENV:
-                raise ValueError(f"{key!r} is reserved by AWS Lambda; pick another name")
-        return environment
-
-
 class FunctionSpec(_Strict):
     """fnpack.yaml: one model function."""
 
@@ -178,12 +121,12 @@ class FunctionSpec(_Strict):
     budget: Budget = Field(default_factory=Budget)
     target: Literal[DEPLOY_TARGETS] | None = Field(  # type: ignore[valid-type]
         default=None, description="Default target of deploy, invoke, alias, ... (--target and FNPACK_TARGET win).")
-    aws_lambda: AwsLambdaSettings = Field(default_factory=AwsLambdaSettings,
+    aws_lambda: LambdaSettings = Field(default_factory=LambdaSettings,
                                           description="Settings of the aws-lambda target.")
 
     @field_validator("aws_lambda")
     @classmethod
-    def _lambda_arch(cls, settings: AwsLambdaSettings, info: ValidationInfo) -> AwsLambdaSettings:
+    def _lambda_arch(cls, settings: LambdaSettings, info: ValidationInfo) -> LambdaSettings:
         arch = info.data.get("arch")
         if settings.arch is not None and arch is not None and settings.arch != arch:
             raise ValueError(f"arch {settings.arch} differs from the top-level arch ({arch}), which the archive is "

@@ -468,4 +468,4 @@ def test_spec_names_accept_only_their_characters(key: str, value: Any) -> None:
         parse_spec(spec)
     if section == "aws_lambda" and isinstance(value, str) and field != "environment":  # the Lambda target's check
         with pytest.raises(UsageError):
-            LambdaSettings(**{field: value}).checked()
+            LambdaSettings.layer({field: value}, "the command line")

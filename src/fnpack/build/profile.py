@@ -9,19 +9,10 @@ from __future__ import annotations
 import platform as host_platform
 import tomllib
 from dataclasses import dataclass
-from typing import Literal
-
 from fnpack._resources import data_dir
 from fnpack.errors import SpecError
+from fnpack.targets.catalog import TARGETS, target_info
 
-Target = Literal["local", "aws-lambda", "knative", "openfaas"]
-TARGETS: tuple[str, ...] = ("local", "aws-lambda", "knative", "openfaas")
-
-MB = 1024 * 1024
-# AWS documents its limits in MB of 2**20 bytes: 50 MB zipped for a direct upload, 250 MB unzipped.
-LAMBDA_DIRECT_UPLOAD = 50 * MB
-LAMBDA_UNZIPPED = 250 * MB
-CONTAINER_UNZIPPED = 1024 * MB
 
 _MACHINE = {"x86_64": "x86_64", "arm64": "aarch64"}
 
@@ -86,9 +77,9 @@ def load_profile(target: str, runtime: str, arch: str) -> BuildProfile:
         raise SpecError(f"runtime {runtime!r} is not supported by this fnpack",
                         hint=f"supported: {', '.join(sorted(p.parent.name for p in data_dir('runtimes').glob('*/runtime.toml')))}")
     config = tomllib.loads(path.read_text(encoding="utf-8"))
-    section = config["platforms"]["aws-lambda" if target == "aws-lambda" else "container"]
-    budget = (SizeBudget(max_zipped=None, max_unzipped=LAMBDA_UNZIPPED, direct_upload=LAMBDA_DIRECT_UPLOAD)
-              if target == "aws-lambda" else SizeBudget(max_zipped=None, max_unzipped=CONTAINER_UNZIPPED))
+    info = target_info(target)
+    section = config["platforms"][info.platform]
+    budget = SizeBudget(max_zipped=None, max_unzipped=info.max_unzipped, direct_upload=info.direct_upload)
     return BuildProfile(
         target=target, runtime=runtime, python_version=config["python"], arch=arch, glibc=section["glibc"],
         packages=tuple(section["packages"]), onnx=OnnxLimits(**section["onnx"]), budget=budget,

@@ -13,7 +13,6 @@ from rich.markup import escape
 
 from fnpack.cli._app import app, build_progress, err, handle_errors, out, say, say_err
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 alias_app = typer.Typer(help="Point aliases at versions, with an optional canary; list them; show their history.",
                         no_args_is_help=True)
 app.add_typer(alias_app, name="alias")
@@ -29,32 +28,40 @@ def _region_option() -> Any:
                         help="aws-lambda: the AWS region (default: FNPACK_LAMBDA_REGION, the spec, AWS_REGION).")
 
 
+def _local_option(field: str, flag: str) -> Any:
+    """An option of the local target's settings; its variable and default are the settings model's."""
+    from fnpack.targets.local.settings import LocalSettings
+
+    info = LocalSettings.model_fields[field]
+    default = f", default {info.default}" if info.default is not None else ""
+    return typer.Option(None, flag, show_default=False,
+                        help=f"{info.description.rstrip('.')} ({LocalSettings.env_names()[field]}{default}).")
+
+
 def _url_option() -> Any:
-    return typer.Option(DEFAULT_URL, "--url", envvar="FNPACK_URL", help="The platform's address.")
+    return _local_option("url", "--url")
 
 
 def _state_option() -> Any:
-    return typer.Option(Path(".fnpack"), "--state-dir", envvar="FNPACK_STATE_DIR",
-                        help="The platform's state folder (its `token` file authorises changes).")
+    return _local_option("state_dir", "--state-dir")
 
 
 def _invoke_token_option() -> Any:
-    return typer.Option(None, "--invoke-token", envvar="FNPACK_INVOKE_TOKEN",
-                        help="Bearer token for invocations, when the platform requires one.")
+    return _local_option("invoke_token", "--invoke-token")
 
 
 def _json_option() -> Any:
     return typer.Option(False, "--json", help="Print one JSON object.")
 
 
-def _connect(target: Optional[str], url: str, state_dir: Path, invoke_token: Optional[str] = None,
-             spec_path: Optional[Path] = None, **aws: Any) -> Any:
-    """The target (see `_resolve_target`); `aws` settings (region, role, ...) go to aws-lambda only."""
+def _connect(target: Optional[str], url: Optional[str], state_dir: Optional[Path], invoke_token: Optional[str] = None,
+             spec_path: Optional[Path] = None, **flags: Any) -> Any:
+    """The target (see `_resolve_target`), configured from the flags (each target's settings model takes
+    its own: url and state_dir are the local platform's, region, role, ... aws-lambda's)."""
     from fnpack.targets import get_target
 
     name = _resolve_target(target, spec_path)
-    extra = {k: v for k, v in aws.items() if v is not None} if name == "aws-lambda" else {}
-    return get_target(name, url=url, state_dir=state_dir, invoke_token=invoke_token, **extra)
+    return get_target(name, url=url, state_dir=state_dir, invoke_token=invoke_token, **flags)
 
 
 def _resolve_target(target: Optional[str], spec_path: Optional[Path] = None) -> str:
@@ -147,8 +154,10 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; other than loopback needs "
                                                          "--invoke-token."),
     port: int = typer.Option(8080, "--port", help="Port to listen on."),
-    state_dir: Path = _state_option(),
-    invoke_token: Optional[str] = _invoke_token_option(),
+    state_dir: Path = typer.Option(Path(".fnpack"), "--state-dir", envvar="FNPACK_STATE_DIR",
+                                   help="The platform's state folder (registry, archives, token, logs)."),
+    invoke_token: Optional[str] = typer.Option(None, "--invoke-token", envvar="FNPACK_INVOKE_TOKEN",
+                                               help="Bearer token invocations must carry."),
 ) -> None:
     """Run the local platform: a gateway serving every deployed function, versions and aliases."""
     with handle_errors(False):
@@ -188,8 +197,8 @@ def deploy(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
     target: Optional[str] = _target_option(),
-    url: str = _url_option(),
-    state_dir: Path = _state_option(),
+    url: Optional[str] = _url_option(),
+    state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
     role: Optional[str] = typer.Option(None, "--role", show_default=False,
                                        help="aws-lambda: execution role ARN (default: FNPACK_LAMBDA_ROLE, the spec)."),
@@ -225,9 +234,10 @@ def deploy(
                 if as_json:
                     _emit({"dry_run": True, "plan": plan.to_dict()})
                     return
-                say(f"plan for {plan.function} on {plan.target} (dry run: nothing changed)")
-                for step in plan.steps:
-                    say(f"  {step.action:<14}{step.summary}")
+                from fnpack.targets.deploy import describe
+
+                for line in describe(plan):
+                    say(line)
                 return
             result = remote.execute(plan)
             notes = list(getattr(remote, "notes", []))  # e.g. the outcome checked after a dropped connection
@@ -277,8 +287,8 @@ def invoke(
     concurrency: int = typer.Option(8, "--concurrency", "-c", help="--batch: requests in flight at once."),
     invoke_token: Optional[str] = _invoke_token_option(),
     target: Optional[str] = _target_option(),
-    url: str = _url_option(),
-    state_dir: Path = _state_option(),
+    url: Optional[str] = _url_option(),
+    state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
@@ -354,8 +364,8 @@ def _invoke_batch(qualifier: Any, source: Path, out_path: Path, concurrency: int
 @app.command("ls")
 def list_functions(
     target: Optional[str] = _target_option(),
-    url: str = _url_option(),
-    state_dir: Path = _state_option(),
+    url: Optional[str] = _url_option(),
+    state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
@@ -378,8 +388,8 @@ def list_functions(
 def versions(
     name: str = typer.Argument(..., help="The function."),
     target: Optional[str] = _target_option(),
-    url: str = _url_option(),
-    state_dir: Path = _state_option(),
+    url: Optional[str] = _url_option(),
+    state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
@@ -403,8 +413,8 @@ def versions(
 def delete(
     qualifier: str = typer.Argument(..., help="NAME (the function, its versions and aliases) or NAME:VERSION."),
     target: Optional[str] = _target_option(),
-    url: str = _url_option(),
-    state_dir: Path = _state_option(),
+    url: Optional[str] = _url_option(),
+    state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
@@ -435,8 +445,8 @@ def alias_set(
     weight: Optional[float] = typer.Option(None, "--weight", help="The canary's share of traffic, in [0, 1]."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
     target: Optional[str] = _target_option(),
-    url: str = _url_option(),
-    state_dir: Path = _state_option(),
+    url: Optional[str] = _url_option(),
+    state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
@@ -465,8 +475,8 @@ def alias_set(
 def alias_list(
     name: str = typer.Argument(..., help="The function."),
     target: Optional[str] = _target_option(),
-    url: str = _url_option(),
-    state_dir: Path = _state_option(),
+    url: Optional[str] = _url_option(),
+    state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
@@ -489,8 +499,8 @@ def alias_history(
     name: str = typer.Argument(..., help="The function."),
     alias: str = typer.Argument(..., help="The alias."),
     target: Optional[str] = _target_option(),
-    url: str = _url_option(),
-    state_dir: Path = _state_option(),
+    url: Optional[str] = _url_option(),
+    state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
@@ -515,8 +525,8 @@ def rollback(
     alias: str = typer.Argument("live", help="The alias to move back."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
     target: Optional[str] = _target_option(),
-    url: str = _url_option(),
-    state_dir: Path = _state_option(),
+    url: Optional[str] = _url_option(),
+    state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
@@ -537,8 +547,8 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until interrupted."),
     tail: int = typer.Option(100, "--tail", "-n", help="Start with the last N lines."),
     target: Optional[str] = _target_option(),
-    url: str = _url_option(),
-    state_dir: Path = _state_option(),
+    url: Optional[str] = _url_option(),
+    state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
@@ -568,8 +578,8 @@ def logs(
 def up(
     path: Path = typer.Argument(Path("."), help="The function folder (holding fnpack.yaml)."),
     invoke_token: Optional[str] = _invoke_token_option(),
-    url: str = _url_option(),
-    state_dir: Path = _state_option(),
+    url: Optional[str] = _url_option(),
+    state_dir: Optional[Path] = _state_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Quickstart: build, start a platform if none answers, deploy as live, call the samples, show how to call it.
@@ -597,7 +607,8 @@ def up(
         if not as_json:
             say(f"built     {built.archive}")
         with _connect("local", url, state_dir, invoke_token) as remote:
-            platform = ensure_platform(remote, state_dir, invoke_token,
+            invoke_token = remote.settings.invoke_token
+            platform = ensure_platform(remote, remote.settings.state_dir, invoke_token,
                                        say=(lambda _: None) if as_json else say)
             result = remote.deploy(built.archive, "live", "fnpack up")
             if not as_json:

@@ -43,6 +43,7 @@ from fnpack.platform.memory import MemoryLimits
 from fnpack.platform.service import LocalPlatform
 from fnpack.platform.storage import mib, state_error
 from fnpack.platform.workers import UpstreamTimeout, WorkerLost
+from fnpack.targets.history import ANY, Expect
 from fnpack.versions import AliasState, Qualifier
 
 Scope = dict[str, Any]
@@ -67,11 +68,15 @@ def error_body(exc: FnpackError) -> bytes:
 # --- the control API ---------------------------------------------------------------------------
 
 
-class AliasBody(BaseModel):
+class StateBody(BaseModel):
     primary: int
     canary: int | None = None
     weight: float = 0.0
+
+
+class AliasBody(StateBody):
     reason: str | None = None
+    expect: StateBody | None = None  # given (null: "not set yet"): refuse the move unless the alias is there
 
 
 class RollbackBody(BaseModel):
@@ -202,7 +207,10 @@ def control_api(platform: LocalPlatform, token: str) -> FastAPI:
     async def set_alias(name: str, alias: str, body: AliasBody, who: str = Depends(actor)) -> dict[str, Any]:
         qualifier(name, alias)
         state = AliasState(body.primary, body.canary, body.weight)  # AliasError (400) for bad weights
-        return {"move": asdict(await platform.set_alias(name, alias, state, who, body.reason))}
+        expect: AliasState | None | Expect = ANY
+        if "expect" in body.model_fields_set:
+            expect = AliasState(body.expect.primary, body.expect.canary, body.expect.weight) if body.expect else None
+        return {"move": asdict(await platform.set_alias(name, alias, state, who, body.reason, expect))}
 
     @api.get("/api/v1/functions/{name}/aliases/{alias}/history", dependencies=guarded)
     async def history(name: str, alias: str) -> dict[str, Any]:

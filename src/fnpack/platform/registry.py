@@ -28,7 +28,8 @@ from typing import NoReturn
 from fnpack.archive import sha256_file
 from fnpack.errors import ArchiveError, ConflictError, NotFoundError, StateError
 from fnpack.platform.storage import state_error
-from fnpack.versions import AliasMove, AliasState, Qualifier, Version, rollback_step
+from fnpack.targets.history import ANY, AliasRouter, Expect, HistoryStore, move_alias, rollback_alias
+from fnpack.versions import AliasMove, AliasState, Qualifier, Version
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -252,16 +253,21 @@ class Registry:
                                     hint=f"`fnpack alias list {qualifier.name}` lists them")
             return AliasState(**json.loads(row[0]))
 
-    def set_alias(self, name: str, alias: str, state: AliasState, actor: str,
-                  reason: str | None = None) -> AliasMove:
+    def set_alias(self, name: str, alias: str, state: AliasState, actor: str, reason: str | None = None,
+                  expect: AliasState | None | Expect = ANY) -> AliasMove:
         with self._transaction() as db:
-            self._versions_exist(db, name, *state.versions)
-            return self._move(db, name, alias, state, actor, reason)
+            self._versions_exist(db, name)
+            return move_alias(*_moves(db), name, alias, state, versions=self._numbers(db, name), actor=actor,
+                              reason=reason, expect=expect, at=_now())
 
     def rollback(self, name: str, alias: str, actor: str, reason: str | None = None) -> AliasMove:
         with self._transaction() as db:
-            index, state = rollback_step(self._history(db, name, alias))
-            return self._move(db, name, alias, state, actor, reason or "rollback", undoes=index)
+            self._versions_exist(db, name)
+            return rollback_alias(*_moves(db), name, alias, versions=self._numbers(db, name), actor=actor,
+                                  reason=reason or "rollback", at=_now())
+
+    def _numbers(self, db: sqlite3.Connection, name: str) -> list[int]:
+        return [row[0] for row in db.execute("SELECT number FROM versions WHERE function = ?", (name,))]
 
     def history(self, name: str, alias: str) -> list[AliasMove]:
         with self._transaction() as db:
@@ -271,17 +277,40 @@ class Registry:
             return history
 
     def _history(self, db: sqlite3.Connection, name: str, alias: str) -> list[AliasMove]:
-        return [_move(r[0]) for r in db.execute(
-            "SELECT move FROM alias_history WHERE function = ? AND alias = ? ORDER BY position", (name, alias))]
+        return _Aliases(db).read(name, alias)[0]
 
-    def _move(self, db: sqlite3.Connection, name: str, alias: str, state: AliasState, actor: str,
-              reason: str | None, undoes: int | None = None) -> AliasMove:
-        row = db.execute("SELECT state FROM aliases WHERE function = ? AND alias = ?", (name, alias)).fetchone()
-        move = AliasMove(before=_state(row[0] if row else None), after=state, actor=actor, at=_now(),
-                         reason=reason, undoes=undoes)
-        position = db.execute("SELECT COUNT(*) FROM alias_history WHERE function = ? AND alias = ?",
-                              (name, alias)).fetchone()[0]
-        db.execute("INSERT INTO alias_history VALUES (?, ?, ?, ?)", (name, alias, position, json.dumps(asdict(move))))
-        db.execute("INSERT INTO aliases VALUES (?, ?, ?) ON CONFLICT (function, alias) DO UPDATE SET state = "
-                   "excluded.state", (name, alias, json.dumps(asdict(state))))
-        return move
+
+class _Aliases(HistoryStore, AliasRouter):
+    """The history and the aliases tables inside one registry transaction, for the alias-move protocol of
+    `targets.history`. The transaction (BEGIN IMMEDIATE) is the compare-and-swap: nothing else writes
+    between the read and the write, so the history's token is only how many moves were read."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def read(self, function: str, alias: str) -> tuple[list[AliasMove], int]:
+        moves = [_move(r[0]) for r in self.db.execute(
+            "SELECT move FROM alias_history WHERE function = ? AND alias = ? ORDER BY position", (function, alias))]
+        return moves, len(moves)
+
+    def write(self, function: str, alias: str, moves: list[AliasMove], token: int) -> int:
+        kept = min(token, len(moves))  # the moves read are unchanged: only what follows them is written
+        self.db.execute("DELETE FROM alias_history WHERE function = ? AND alias = ? AND position >= ?",
+                        (function, alias, kept))
+        self.db.executemany("INSERT INTO alias_history VALUES (?, ?, ?, ?)",
+                            [(function, alias, i, json.dumps(asdict(m))) for i, m in enumerate(moves) if i >= kept])
+        return len(moves)
+
+    def current(self, function: str, alias: str) -> tuple[AliasState | None, None]:
+        row = self.db.execute("SELECT state FROM aliases WHERE function = ? AND alias = ?",
+                              (function, alias)).fetchone()
+        return _state(row[0] if row else None), None
+
+    def apply(self, function: str, alias: str, state: AliasState, revision: None) -> None:
+        self.db.execute("INSERT INTO aliases VALUES (?, ?, ?) ON CONFLICT (function, alias) DO UPDATE SET state = "
+                        "excluded.state", (function, alias, json.dumps(asdict(state))))
+
+
+def _moves(db: sqlite3.Connection) -> tuple[_Aliases, _Aliases]:
+    aliases = _Aliases(db)
+    return aliases, aliases

@@ -28,6 +28,7 @@ from fnpack.platform.storage import mib, state_error
 from fnpack.platform.workers import Scaling, VersionPool, WorkerPool, log_line
 from fnpack.platform.zygote import dependency_key
 from fnpack.spec import parse_spec
+from fnpack.targets.history import ANY, Expect
 from fnpack.versions import DEFAULT_ALIAS, AliasMove, AliasState, Qualifier, Version, WeightedRouter
 
 
@@ -190,10 +191,10 @@ class LocalPlatform:
             self._unpack(archive, sha256)
         self.isolation.lock_tree(root, pool.principal)
 
-    async def set_alias(self, name: str, alias: str, state: AliasState, actor: str,
-                        reason: str | None) -> AliasMove:
+    async def set_alias(self, name: str, alias: str, state: AliasState, actor: str, reason: str | None,
+                        expect: AliasState | None | Expect = ANY) -> AliasMove:
         async with self._moves:
-            move = await asyncio.to_thread(self.registry.set_alias, name, alias, state, actor, reason)
+            move = await asyncio.to_thread(self.registry.set_alias, name, alias, state, actor, reason, expect)
             self._routers[(name, alias)] = WeightedRouter(move.after)
         self._apply_min(name)
         return move

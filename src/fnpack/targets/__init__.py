@@ -1,30 +1,22 @@
-"""Targets: where functions are deployed. One module per target behind `targets.base.Target`."""
+"""Targets: where functions are deployed. The list is `catalog`; each target is a folder behind
+`base.Target`, deploys through the shared skeleton of `deploy`, moves aliases with the protocol of
+`history`, and is configured by one settings model (`settings`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fnpack.errors import UsageError
-from fnpack.targets.base import Deployment, Invocation, Plan, Step, Target
+from fnpack.targets.catalog import AVAILABLE, TARGETS, deployable
 
-TARGETS = ("local", "aws-lambda", "knative", "openfaas")
-AVAILABLE = ("local", "aws-lambda")
+if TYPE_CHECKING:
+    from fnpack.targets.base import Target
 
-__all__ = ["AVAILABLE", "TARGETS", "Deployment", "Invocation", "Plan", "Step", "Target", "get_target"]
+__all__ = ["AVAILABLE", "TARGETS", "get_target"]
 
 
-def get_target(name: str, **settings: Any) -> Target:
-    """The target called `name`, configured with its settings (local: url, state_dir, token, invoke_token;
-    aws-lambda: region, role, bucket, memory, timeout, environment, function_url, plus the local ones, ignored)."""
-    if name == "local":
-        from fnpack.targets.local.target import LocalTarget
-
-        return LocalTarget(**settings)
-    if name == "aws-lambda":
-        from fnpack.targets.aws_lambda.target import AwsLambdaTarget
-
-        return AwsLambdaTarget(**settings)
-    if name in TARGETS:
-        raise UsageError(f"the {name} target is not available yet",
-                         hint=f"deploy to: {', '.join(AVAILABLE)} (`fnpack build --target {name}` builds for it)")
-    raise UsageError(f"unknown target {name!r}", hint=f"targets are: {', '.join(TARGETS)}")
+def get_target(name: str, **flags: Any) -> Target:
+    """The target called `name`, configured by its settings model from `flags` (None: not given; the
+    names another target's model has are ignored), then its FNPACK_* variables."""
+    info = deployable(name)
+    settings = info.settings_model().layered(flags)
+    return info.target_class()(settings)

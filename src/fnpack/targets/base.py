@@ -1,9 +1,9 @@
-"""The one small interface every target implements: the local platform now; AWS Lambda, Knative and
-OpenFaaS later.
+"""The one small interface every target implements (local, aws-lambda; Knative and OpenFaaS next).
 
-A deploy is two steps: `plan_deploy` reads what is there and says what it will change (a `Plan` of
-`Step`s, so `--dry-run` prints the same thing for every target), then `execute` makes those changes.
-Everything else reads or moves versions and aliases with the shared model of `fnpack.versions`.
+A deploy is two steps through the shared skeleton of `targets.deploy`: `plan_deploy` reads what is there
+and says what it will change (a `Plan` of typed steps, so `--dry-run` prints the same thing for every
+target), then `execute` makes those changes. Everything else reads or moves versions and aliases with
+the shared model of `fnpack.versions`; alias moves follow the protocol of `targets.history`.
 """
 
 from __future__ import annotations
@@ -12,54 +12,16 @@ import getpass
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from fnpack.archive import open_archive
-from fnpack.errors import ArchiveError, FnpackError, UsageError
+from fnpack.errors import FnpackError, UsageError
+from fnpack.targets import deploy
+from fnpack.targets.deploy import Deployer, Deployment, Plan
+from fnpack.targets.history import ANY, Expect
+from fnpack.targets.settings import TargetSettings
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
-
-
-@dataclass(frozen=True)
-class Step:
-    """One change a target will make: `action` is a short verb (upload, reuse-version, set-alias,
-    keep-alias); `details` are what the target will send; `summary` is one human sentence."""
-
-    action: str
-    details: dict[str, Any]
-    summary: str = ""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What `execute` will do to deploy `archive` (sha256) as a version of `function` on `target`."""
-
-    target: str
-    function: str
-    archive: Path
-    sha256: str
-    steps: list[Step] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "function": self.function, "archive": str(self.archive),
-                "sha256": self.sha256, "steps": [asdict(step) for step in self.steps]}
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """What a deploy did: the version (`created` False when the archive was already deployed), the alias
-    move it made (None when not promoted or already there) and where to invoke it."""
-
-    version: Version
-    created: bool
-    alias: str | None
-    move: AliasMove | None
-    url: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": asdict(self.version), "created": self.created, "alias": self.alias,
-                "move": asdict(self.move) if self.move else None, "url": self.url}
 
 
 @dataclass(frozen=True)
@@ -95,17 +57,22 @@ class Target(ABC):
     """A place functions are deployed to. Methods raise FnpackError subclasses for user mistakes
     (NotFoundError for an unknown function, ConflictError for a delete an alias blocks, ...)."""
 
-    name: str = "target"
+    name: ClassVar[str] = "target"
+    settings: TargetSettings
 
-    # --- deploying ---------------------------------------------------------------------------------
+    # --- deploying (the shared skeleton of `targets.deploy`, through the target's hooks) ------------
 
     @abstractmethod
+    def deployer(self) -> Deployer:
+        """This target's hooks into the deploy skeleton."""
+
     def plan_deploy(self, archive: Path, alias: str | None = "live", reason: str | None = None) -> Plan:
         """Read the archive and the target's state; change nothing. `alias` None: do not promote."""
+        return deploy.plan(self.deployer(), archive, alias, reason)
 
-    @abstractmethod
     def execute(self, plan: Plan) -> Deployment:
         """Make the plan's changes."""
+        return deploy.execute(self.deployer(), plan)
 
     def deploy(self, archive: Path, alias: str | None = "live", reason: str | None = None) -> Deployment:
         return self.execute(self.plan_deploy(archive, alias, reason))
@@ -122,7 +89,9 @@ class Target(ABC):
     def aliases(self, name: str) -> dict[str, AliasState]: ...
 
     @abstractmethod
-    def set_alias(self, name: str, alias: str, state: AliasState, reason: str | None = None) -> AliasMove: ...
+    def set_alias(self, name: str, alias: str, state: AliasState, reason: str | None = None,
+                  expect: AliasState | None | Expect = ANY) -> AliasMove:
+        """Move an alias (by the protocol of `targets.history`); `expect`: refuse unless it is there now."""
 
     @abstractmethod
     def rollback(self, name: str, alias: str, reason: str | None = None) -> AliasMove:
@@ -156,30 +125,6 @@ class Target(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def read_deployable(archive: Path, build: str = "fnpack build") -> tuple[dict[str, Any], str, int]:
-    """(manifest, sha256, unzipped bytes) of an intact fnpack archive, before a target is asked anything.
-
-    `build` is the command that makes a right one, for the hints."""
-    with open_archive(archive) as reader:
-        manifest = reader.manifest()
-        problems = reader.verify() if manifest else []
-        sha256 = reader.sha256
-    if not manifest or not isinstance(manifest.get("name"), str):
-        raise ArchiveError(f"{archive} has no fnpack manifest naming its function",
-                           hint=f"deploy archives built by `{build}`")
-    try:  # the name becomes a URL path and a registry key; an archive made by hand may name anything
-        Qualifier.function_name(manifest["name"])
-    except UsageError as exc:
-        raise ArchiveError(f"{archive}: its manifest names no valid function: {exc.message}",
-                           hint=f"rebuild it with `{build}`") from None
-    if problems:
-        raise ArchiveError(f"{archive} is not intact: {problems[0]}" +
-                           (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
-                           hint=f"rebuild it with `{build}`")
-    unzipped = sum(f.get("size", 0) for f in manifest.get("files", {}).values())
-    return manifest, sha256, unzipped
 
 
 def actor() -> str:

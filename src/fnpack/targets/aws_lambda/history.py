@@ -12,18 +12,10 @@ because a tag value holds 256 characters (a few moves) and TagResource has no co
 
 Concurrent moves
 ----------------
-A move reads the alias (its RevisionId) and the history (its ETag), then
-
-1. writes the history with the new move appended, conditionally (If-Match the ETag read, or If-None-Match
-   for the first move): of two people moving the alias at once, exactly one write succeeds; the other
-   gets a ConflictError and has changed nothing;
-2. moves the alias with UpdateAlias(RevisionId=the one read): Lambda refuses it if the alias changed
-   since, even through the console or another tool; the history write is then undone (conditionally
-   again) and the user gets a ConflictError, the alias left as it was.
-
-The history is written first because S3's conditional write is the one lock both sides honour;
-a process killed between 1 and 2 leaves a recorded move that did not happen, whose `before` is
-the alias's real state, so rolling it back is harmless.
+Moves follow the protocol of `targets.history`: this store is its compare-and-swap history (the write
+is conditional on the ETag read, If-Match, or If-None-Match for the first move), and `aliases.LambdaRouter`
+applies the move with UpdateAlias(RevisionId=the one read), which Lambda refuses if the alias changed
+since, even through the console or another tool.
 """
 
 from __future__ import annotations
@@ -35,6 +27,7 @@ from typing import Any
 from fnpack.errors import ConflictError, FnpackError, NotFoundError
 from fnpack.targets.aws_lambda.errors import aws_error, error_parts
 from fnpack.targets.base import move_from_dict
+from fnpack.targets.history import HistoryStore
 from fnpack.versions import AliasMove
 
 BUCKET_TAG = "fnpack:bucket"  # the function's tag naming the bucket that holds its history
@@ -44,14 +37,14 @@ def history_key(function: str, alias: str) -> str:
     return f"fnpack/{function}/aliases/{alias}/history.json"
 
 
-class HistoryStore:
+class S3History(HistoryStore):
     """The alias history objects of one bucket, read and written with compare-and-swap on the ETag."""
 
     def __init__(self, s3: Any, bucket: str) -> None:
         self.s3 = s3
         self.bucket = bucket
 
-    def uri(self, function: str, alias: str) -> str:
+    def where(self, function: str, alias: str) -> str:
         return f"s3://{self.bucket}/{history_key(function, alias)}"
 
     def read(self, function: str, alias: str) -> tuple[list[AliasMove], str | None]:
@@ -67,16 +60,16 @@ class HistoryStore:
             if code == "NoSuchBucket":
                 raise NotFoundError(f"the history bucket {self.bucket} does not exist",
                                     hint="create it (aws s3 mb s3://BUCKET) or pass another with --bucket") from None
-            raise aws_error(exc, "s3", f"reading {self.uri(function, alias)}") from None
+            raise aws_error(exc, "s3", f"reading {self.where(function, alias)}") from None
         try:
             data = json.loads(answer["Body"].read())
             moves = [move_from_dict(m) for m in data["moves"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise FnpackError(f"{self.uri(function, alias)} is not an fnpack alias history ({exc})",
+            raise FnpackError(f"{self.where(function, alias)} is not an fnpack alias history ({exc})",
                               hint="restore it from the bucket's versions, or delete it to start afresh") from None
         return moves, answer["ETag"]
 
-    def write(self, function: str, alias: str, moves: list[AliasMove], etag: str | None) -> str:
+    def write(self, function: str, alias: str, moves: list[AliasMove], etag: Any) -> str:
         """Replace the history if it is still the one read (`etag`; None: if there is none); the new ETag.
         Another writer in between raises ConflictError."""
         from botocore.exceptions import ClientError
@@ -91,9 +84,9 @@ class HistoryStore:
             code, _, status = error_parts(exc)
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
                 raise ConflictError(f"{function}:{alias} was moved by someone else at the same time (its history "
-                                    f"{self.uri(function, alias)} changed since it was read); nothing was changed",
+                                    f"{self.where(function, alias)} changed since it was read); nothing was changed",
                                     hint=f"see `fnpack alias history {function} {alias}`, then try again") from None
-            raise aws_error(exc, "s3", f"writing {self.uri(function, alias)}") from None
+            raise aws_error(exc, "s3", f"writing {self.where(function, alias)}") from None
         return str(answer["ETag"])
 
     def delete_all(self, function: str) -> None:

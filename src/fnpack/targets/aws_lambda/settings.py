@@ -1,134 +1,94 @@
-"""What an aws-lambda deploy is configured with, and the checks it passes before any API call.
-
-- Settings: flags (the target's constructor arguments) win over FNPACK_LAMBDA_* variables, which win over
-  the `aws_lambda:` section of the spec inside the archive; memory and timeout default to `resources:`.
-  `LambdaSettings` is one such layer; `over` stacks them.
-- Checks (on an archive `base.read_deployable` found intact): built for aws-lambda, on a runtime and architecture Lambda runs,
-  and within Lambda's 250 MB unzipped limit; an existing function must match its runtime and architecture.
-"""
+"""The aws-lambda target's settings: one model for the spec's `aws_lambda:` section, the flags and the
+FNPACK_LAMBDA_* variables (see `targets.settings` for the order). Memory and timeout default to the
+spec's `resources:`. The whole spec is copied into the archive's manifest: no secrets in `environment`."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
-from fnpack.build.budget import human
-from fnpack.build.profile import LAMBDA_DIRECT_UPLOAD, LAMBDA_UNZIPPED
-from fnpack.errors import ArchiveError, BudgetError, ConflictError, UsageError
-from fnpack.spec import BUCKET_PATTERN, REGION_PATTERN, ROLE_ARN_PATTERN, RUNTIMES
+from pydantic import Field, field_validator
 
+from fnpack.targets.settings import TargetSettings, setting
+
+# Used with fullmatch() only: `$` also matches before a final newline. re.ASCII: `\d` and `\w` take any script.
+ROLE_ARN_PATTERN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}", re.ASCII)
+BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+REGION_PATTERN = re.compile(r"[a-z]{2}(-[a-z]+)+-\d", re.ASCII)
+ENV_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# Lambda sets these itself and refuses them in a function's environment.
+LAMBDA_RESERVED_ENV = frozenset({
+    "_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV", "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME", "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR"})
 AUTH_TYPES = ("NONE", "AWS_IAM")
-_ENV = {"region": "FNPACK_LAMBDA_REGION", "role": "FNPACK_LAMBDA_ROLE", "bucket": "FNPACK_LAMBDA_BUCKET",
-        "memory": "FNPACK_LAMBDA_MEMORY", "timeout": "FNPACK_LAMBDA_TIMEOUT",
-        "function_url": "FNPACK_LAMBDA_FUNCTION_URL"}
-DIRECT_UPLOAD_ENV = "FNPACK_LAMBDA_DIRECT_UPLOAD_MAX"  # bytes; tests lower it to exercise the S3 path
 
 
-@dataclass(frozen=True)
-class LambdaSettings:
-    """One layer of settings; None means "not set here"."""
+class LambdaSettings(TargetSettings):
+    """The aws-lambda target's settings. Flags and FNPACK_LAMBDA_* variables override each key; memory and
+    timeout default to `resources`. The whole spec is copied into the archive's manifest, so keep secrets
+    out of `environment` (use Lambda's own secret handling)."""
 
-    region: str | None = None
-    role: str | None = None
-    bucket: str | None = None
-    memory: int | None = None
-    timeout: int | None = None
-    environment: dict[str, str] | None = None
-    function_url: str | None = None
+    target: ClassVar[str] = "aws-lambda"
 
-    def over(self, lower: LambdaSettings) -> LambdaSettings:
-        """These settings, with `lower`'s where these are unset."""
-        return LambdaSettings(**{f.name: getattr(self, f.name) if getattr(self, f.name) is not None
-                                 else getattr(lower, f.name) for f in fields(self)})
-
-    @classmethod
-    def from_env(cls) -> LambdaSettings:
-        values: dict[str, Any] = {key: os.environ.get(var) or None for key, var in _ENV.items()}
-        for key in ("memory", "timeout"):
-            if values[key] is not None:
-                values[key] = integer(values[key], _ENV[key])
-        return cls(**values).checked(source="the environment")
+    region: str | None = setting(env="FNPACK_LAMBDA_REGION",
+                                 description="AWS region, e.g. eu-west-1 (default: AWS_REGION).")
+    role: str | None = setting(env="FNPACK_LAMBDA_ROLE",
+                               description="Execution role ARN; needed to create the function.")
+    bucket: str | None = setting(env="FNPACK_LAMBDA_BUCKET",
+                                 description="S3 bucket for archives over 50 MB and the shared alias history.")
+    memory: int | None = setting(env="FNPACK_LAMBDA_MEMORY", ge=128, le=10240,
+                                 description="Memory in MB (default: resources).")
+    timeout: int | None = setting(env="FNPACK_LAMBDA_TIMEOUT", ge=1, le=900,
+                                  description="Timeout in seconds (default: resources).")
+    arch: Literal["x86_64", "arm64"] | None = setting(description="Must equal `arch`, if given.")
+    environment: dict[str, str] = Field(default_factory=dict, description="Environment variables of the function.")
+    function_url: Literal["NONE", "AWS_IAM"] | None = setting(
+        env="FNPACK_LAMBDA_FUNCTION_URL", description="Give each deployed alias a Function URL with this auth type.")
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> LambdaSettings:
-        section = spec.get("aws_lambda") or {}
+    def from_spec(cls, spec: Mapping[str, Any]) -> LambdaSettings:
+        section = dict(spec.get("aws_lambda") or {})
         resources = spec.get("resources") or {}
+        memory = section.get("memory") or resources.get("memory")
         timeout = section.get("timeout") or resources.get("timeout")
-        return cls(region=section.get("region"), role=section.get("role"), bucket=section.get("bucket"),
-                   memory=section.get("memory") or resources.get("memory"),
-                   timeout=None if timeout is None else max(1, round(float(timeout))),
-                   environment=section.get("environment") or None, function_url=section.get("function_url"))
+        section.update(memory=memory, timeout=None if timeout is None else max(1, round(float(timeout))))
+        return cls.layer(section, "the archive's fnpack.yaml")
 
-    def checked(self, source: str = "the command line") -> LambdaSettings:
-        """Refuse malformed values with what was expected; returns self."""
-        problems = []
-        if self.region is not None and not REGION_PATTERN.fullmatch(self.region):
-            problems.append(f"region {self.region!r} is not an AWS region name (e.g. eu-west-1)")
-        if self.role is not None and not ROLE_ARN_PATTERN.fullmatch(self.role):
-            problems.append(f"role {self.role!r} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
-        if self.bucket is not None and not BUCKET_PATTERN.fullmatch(self.bucket):
-            problems.append(f"bucket {self.bucket!r} is not an S3 bucket name")
-        if self.memory is not None and not 128 <= self.memory <= 10240:
-            problems.append(f"memory {self.memory} is out of Lambda's range of 128 to 10240 MB")
-        if self.timeout is not None and not 1 <= self.timeout <= 900:
-            problems.append(f"timeout {self.timeout} is out of Lambda's range of 1 to 900 seconds")
-        if self.function_url is not None and self.function_url not in AUTH_TYPES:
-            problems.append(f"function URL auth type {self.function_url!r} is neither NONE nor AWS_IAM")
-        if problems:
-            raise UsageError(f"invalid aws-lambda settings from {source}: " + "; ".join(problems),
-                             hint="see `fnpack deploy --help` and the aws_lambda section of `fnpack schema`")
-        return self
+    @field_validator("region")
+    @classmethod
+    def _region(cls, region: str | None) -> str | None:
+        if region is not None and not REGION_PATTERN.fullmatch(region):
+            raise ValueError(f"{region!r} is not an AWS region name (e.g. 'eu-west-1')")
+        return region
 
+    @field_validator("role")
+    @classmethod
+    def _role_arn(cls, role: str | None) -> str | None:
+        if role is not None and not ROLE_ARN_PATTERN.fullmatch(role):
+            raise ValueError(f"{role!r} is not an IAM role ARN (e.g. 'arn:aws:iam::123456789012:role/fnpack-lambda')")
+        return role
 
-# --- archive checks (no API calls) -----------------------------------------------------------------
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, bucket: str | None) -> str | None:
+        if bucket is not None and (not BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket):
+            raise ValueError(f"{bucket!r} is not an S3 bucket name (3-63 lower-case letters, digits, '.', '-')")
+        return bucket
 
+    @field_validator("environment")
+    @classmethod
+    def _env_names(cls, environment: dict[str, str]) -> dict[str, str]:
+        for key in environment:
+            if not ENV_NAME_PATTERN.fullmatch(key):
+                raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '_')")
+            if key in LAMBDA_RESERVED_ENV:
+                raise ValueError(f"{key!r} is reserved by AWS Lambda; pick another name")
+        return environment
 
-def check_archive(archive: Path, manifest: dict[str, Any], unzipped: int) -> None:
-    rebuild = "rebuild it with `fnpack build --target aws-lambda`"
-    if manifest.get("target") != "aws-lambda":
-        raise ArchiveError(f"{archive.name} was built for the {manifest.get('target')!r} target, not aws-lambda: its "
-                           "packages may not load on Lambda", hint=rebuild)
-    if manifest.get("runtime") not in RUNTIMES:
-        raise ArchiveError(f"{archive.name} is for runtime {manifest.get('runtime')!r}; Lambda runs fnpack archives "
-                           f"on {', '.join(RUNTIMES)}", hint=rebuild)
-    if manifest.get("arch") not in ("x86_64", "arm64"):
-        raise ArchiveError(f"{archive.name} is for architecture {manifest.get('arch')!r}; Lambda runs x86_64 and "
-                           "arm64", hint=rebuild)
-    if unzipped > LAMBDA_UNZIPPED:
-        raise BudgetError(f"{archive.name} unpacks to {human(unzipped)}, over AWS Lambda's hard limit of "
-                          f"{human(LAMBDA_UNZIPPED)} unzipped", hint="`fnpack inspect` shows what is large; slim "
-                                                                    "the requirements or the model")
-
-
-def check_compatible(name: str, config: dict[str, Any], runtime: str, arch: str) -> None:
-    """An existing function must be a zip function of the archive's runtime and architecture."""
-    problems = []
-    if config.get("PackageType", "Zip") != "Zip":
-        problems.append(f"it is a {config.get('PackageType')} function, fnpack deploys zip archives")
-    if config.get("Runtime") != runtime:
-        problems.append(f"its runtime is {config.get('Runtime')}, the archive's is {runtime}")
-    existing_arch = (config.get("Architectures") or ["x86_64"])[0]
-    if existing_arch != arch:
-        problems.append(f"its architecture is {existing_arch}, the archive's is {arch}")
-    if problems:
-        raise ConflictError(f"the function {name} exists on AWS Lambda with other settings: " + "; ".join(problems),
-                            hint="build for the function's runtime and arch (runtime:, arch: in fnpack.yaml), or "
-                                 f"delete it first (fnpack delete {name} --target aws-lambda)")
-
-
-# --- small helpers ----------------------------------------------------------------------------------
-
-
-def direct_upload_max() -> int:
-    """The largest archive sent in the API call itself; larger ones go through S3."""
-    text = os.environ.get(DIRECT_UPLOAD_ENV)
-    return LAMBDA_DIRECT_UPLOAD if not text else integer(text, DIRECT_UPLOAD_ENV)
-
-
-def integer(text: str, name: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"{name}={text!r} is not a whole number") from None
+    @field_validator("function_url", mode="before")
+    @classmethod
+    def _auth_type(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
