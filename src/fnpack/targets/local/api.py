@@ -40,12 +40,13 @@ def q(text: str, safe: str = "") -> str:
 class PlatformApi:
     """One platform's gateway, at `settings.url`."""
 
-    def __init__(self, settings: LocalSettings, timeout: float = 300.0, max_connections: int = 100) -> None:
+    def __init__(self, settings: LocalSettings, transport: httpx.BaseTransport | None = None,
+                 timeout: float = 300.0, max_connections: int = 100) -> None:
         self.settings = settings
         self.url = settings.url
         self._token = settings.token
-        self.http = httpx.Client(
-            base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0),
+        self.http = httpx.Client(  # `transport`: the seam tests use to play a platform (httpx.MockTransport)
+            base_url=self.url, transport=transport, timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
 
     def close(self) -> None:

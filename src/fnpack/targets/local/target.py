@@ -24,9 +24,9 @@ from fnpack.versions import AliasMove, AliasState, Qualifier, Version
 class LocalTarget(Target):
     name = "local"
 
-    def __init__(self, settings: LocalSettings | None = None) -> None:
+    def __init__(self, settings: LocalSettings | None = None, transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings or LocalSettings.layered({})
-        self.api = PlatformApi(self.settings)
+        self.api = PlatformApi(self.settings, transport)
         self.url = self.api.url
         self.notes: list[str] = []  # what a deploy had to find out after a dropped connection
 
