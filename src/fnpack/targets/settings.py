@@ -45,7 +45,7 @@ class TargetSettings(BaseModel):
         except ValidationError as exc:
             problems = "; ".join(_problem(error, cls, source) for error in exc.errors())
             raise UsageError(f"invalid {cls.target} settings from {source}: {problems}",
-                             hint=f"see `fnpack deploy --help` and `fnpack schema`") from None
+                             hint="see `fnpack deploy --help` and `fnpack schema`") from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -67,10 +67,6 @@ class TargetSettings(BaseModel):
         """These settings, with `lower`'s where these are unset."""
         merged = {**lower.model_dump(exclude_unset=True), **self.model_dump(exclude_unset=True)}
         return type(self).model_validate(merged)
-
-    def given(self) -> dict[str, Any]:
-        """The values some source set (for display: defaults left out)."""
-        return self.model_dump(exclude_unset=True)
 
 
 def _problem(error: Any, model: type[TargetSettings], source: str) -> str:
