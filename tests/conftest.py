@@ -22,7 +22,19 @@ from servers import free_port
 REPO = Path(__file__).resolve().parent.parent
 # Functions' user ids are allocated machine-wide (isolation.py): the suite's platforms share a table of their own.
 os.environ.setdefault("FNPACK_IDS_DB", str(Path(tempfile.mkdtemp(prefix="fnpack-ids-")) / "ids.db"))
+# The user's configuration (contexts): never the real user's. Servers started by module fixtures
+# register into the session's file; each test gets a fresh one of its own (below).
+os.environ["FNPACK_CONFIG"] = str(Path(tempfile.mkdtemp(prefix="fnpack-config-")) / "config.yaml")
+os.environ.pop("FNPACK_CONTEXT", None)
 EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(autouse=True)
+def own_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A configuration file of the test's own, so that no test sees contexts another one registered."""
+    path = tmp_path_factory.mktemp("config") / "config.yaml"
+    monkeypatch.setenv("FNPACK_CONFIG", str(path))
+    return path
 
 
 @dataclass

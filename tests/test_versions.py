@@ -111,5 +111,12 @@ def test_bare_names_and_alias_names():
         Qualifier.function_name("iris:live")
     with pytest.raises(UsageError, match="is a version number, not an alias name"):
         Qualifier.alias_name("iris", "3")  # NAME:3 always means version 3
+    for spelled in ("v3", "V3"):  # as the CLI prints versions: NAME:v3 is version 3 too
+        assert Qualifier.parse(f"iris:{spelled}") == Qualifier("iris", version=3)
+        with pytest.raises(UsageError, match="is a version number, not an alias name"):
+            Qualifier.alias_name("iris", spelled)
+    assert Qualifier.parse("iris:v3x") == Qualifier("iris", alias="v3x")  # a word that starts like one is an alias
+    with pytest.raises(UsageError, match="versions start at 1"):
+        Qualifier.parse("iris:v0")
     with pytest.raises(UsageError, match="not a function name"):
         Qualifier.alias_name("Iris", "live")

@@ -18,12 +18,15 @@ from fnpack.errors import UsageError
 from fnpack.spec import NAME_PATTERN
 
 DEFAULT_ALIAS = "live"
-# Lower-case like function names (a Knative traffic tag is a DNS label); not all digits, so
-# that NAME:3 always means version 3. Every name pattern is used with fullmatch(): `$` also
-# matches before a final newline, which let "live\n" through.
+# Lower-case like function names (a Knative traffic tag is a DNS label); never a version's
+# spelling (3 or v3, as the CLI prints versions), so that NAME:3 and NAME:v3 always mean version 3.
+# Every name pattern is used with fullmatch(): `$` also matches before a final newline, which let
+# "live\n" through.
 ALIAS_PATTERN = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 # ASCII digits only (str.isdigit() takes "²", which int() refuses), and few enough for SQLite.
 VERSION_PATTERN = re.compile(r"[0-9]{1,9}")
+# How a version may be written in a qualifier: 3 or v3.
+VERSION_SPELLING = re.compile(r"[vV]?([0-9]{1,9})")
 
 
 class AliasError(UsageError):
@@ -45,10 +48,10 @@ class Qualifier:
                              "characters)", hint="qualifiers are NAME, NAME:ALIAS or NAME:VERSION, e.g. iris:live")
         if not sep:
             return cls(name)
-        if VERSION_PATTERN.fullmatch(rest):
-            if int(rest) < 1:
+        if spelled := VERSION_SPELLING.fullmatch(rest):
+            if int(spelled.group(1)) < 1:
                 raise UsageError(f"{text!r}: versions start at 1")
-            return cls(name, version=int(rest))
+            return cls(name, version=int(spelled.group(1)))
         if not ALIAS_PATTERN.fullmatch(rest):
             raise UsageError(f"{text!r}: {rest!r} is neither a version number nor an alias name "
                              "(lower-case letters, digits and '-', starting with a letter)")
@@ -67,12 +70,12 @@ class Qualifier:
         """An alias of function `name`: never all digits, which would read as a version number."""
         qualifier = cls.parse(f"{cls.function_name(name)}:{alias}")
         if qualifier.alias is None:
-            raise UsageError(f"{alias!r} is a version number, not an alias name",
+            raise UsageError(f"{alias!r} is a version number, not an alias name (3 and v3 both name version 3)",
                              hint="alias names are lower-case words such as live or staging")
         return qualifier.alias
 
     def __str__(self) -> str:
-        suffix = self.alias or (str(self.version) if self.version is not None else None)
+        suffix = self.alias or (str(self.version) if self.version is not None else None)  # 3, never v3: a URL path
         return f"{self.name}:{suffix}" if suffix else self.name
 
 

@@ -4,6 +4,7 @@ alias, rollback, logs, up. Each calls `fnpack.targets` and renders the result (o
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -54,25 +55,34 @@ def _json_option() -> Any:
     return typer.Option(False, "--json", help="Print one JSON object.")
 
 
+def _context_option() -> Any:
+    return typer.Option(None, "--context", show_default=False,
+                        help="The context to use (see `fnpack context list`; default: FNPACK_CONTEXT, else the "
+                             "current one).")
+
+
 def _connect(target: Optional[str], url: Optional[str], state_dir: Optional[Path], invoke_token: Optional[str] = None,
-             spec_path: Optional[Path] = None, **flags: Any) -> Any:
+             spec_path: Optional[Path] = None, context: Optional[str] = None, **flags: Any) -> Any:
     """The target (see `_resolve_target`), configured from the flags (each target's settings model takes
-    its own: url and state_dir are the local platform's, region, role, ... aws-lambda's)."""
+    its own: url and state_dir are the local platform's, region, role, ... aws-lambda's), the variables,
+    then the chosen context when it is one of that target."""
+    from fnpack.config import Config
     from fnpack.targets import get_target
 
-    name = _resolve_target(target, spec_path)
-    return get_target(name, url=url, state_dir=state_dir, invoke_token=invoke_token, **flags)
+    chosen = Config.load().chosen(context)
+    name = _resolve_target(target, spec_path, chosen.target if chosen else None,
+                           explicit=bool(context or os.environ.get("FNPACK_CONTEXT")))
+    settings = chosen.settings if chosen and chosen.target == name else None
+    return get_target(name, settings, chosen.name if chosen else "", url=url, state_dir=state_dir,
+                      invoke_token=invoke_token, **flags)
 
 
-def _resolve_target(target: Optional[str], spec_path: Optional[Path] = None) -> str:
-    """--target or FNPACK_TARGET; else the spec's `target:` (of the deployed folder or archive, or of
-    ./fnpack.yaml); else local. An unreadable spec means no default: the command reports it later."""
-    if target:
-        return target
+def _read_spec(path: Optional[Path]) -> Optional[dict[str, Any]]:
+    """The raw spec of a function folder, fnpack.yaml or archive (./fnpack.yaml by default); None when
+    there is none or it cannot be read (the command reports a broken one itself)."""
     import yaml
 
-    spec: Any = None
-    path = spec_path if spec_path is not None else Path(".")
+    path = path if path is not None else Path(".")
     try:
         if path.is_file() and path.suffix == ".zip":
             from fnpack.archive import open_archive
@@ -84,8 +94,22 @@ def _resolve_target(target: Optional[str], spec_path: Optional[Path] = None) -> 
             spec = yaml.safe_load(spec_file.read_text(encoding="utf-8")) if spec_file.is_file() else None
     except Exception:  # a broken spec or archive is reported by the command itself
         spec = None
-    value = spec.get("target") if isinstance(spec, dict) else None
-    return value if isinstance(value, str) and value else "local"
+    return spec if isinstance(spec, dict) else None
+
+
+def _resolve_target(target: Optional[str], spec_path: Optional[Path] = None, context_target: Optional[str] = None,
+                    explicit: bool = False) -> str:
+    """Which target a command talks to, first wins: --target (FNPACK_TARGET); a context named with
+    --context (FNPACK_CONTEXT); the spec's `target:` (of the deployed folder or archive, or of
+    ./fnpack.yaml); the current context's; local."""
+    if target:
+        return target
+    if explicit and context_target:
+        return context_target
+    value = (_read_spec(spec_path) or {}).get("target")
+    if isinstance(value, str) and value:
+        return value
+    return context_target or "local"
 
 
 def _env_pairs(pairs: Optional[list[str]]) -> Optional[dict[str, str]]:
@@ -117,12 +141,12 @@ def _alias_name(name: str, alias: str) -> str:
 
 def _version_number(text: str, what: str = "VERSION") -> int:
     from fnpack.errors import UsageError
-    from fnpack.versions import VERSION_PATTERN
+    from fnpack.versions import VERSION_SPELLING
 
-    digits = text[1:] if text[:1] in ("v", "V") else text
-    if not VERSION_PATTERN.fullmatch(digits) or int(digits) < 1:  # not isdigit(): it takes "²", int() does not
+    spelled = VERSION_SPELLING.fullmatch(text)  # not isdigit(): it takes "²", int() does not
+    if not spelled or int(spelled.group(1)) < 1:
         raise UsageError(f"{what} {text!r} is not a version number", hint="versions are 1, 2, ... (or v1, v2, ...)")
-    return int(digits)
+    return int(spelled.group(1))
 
 
 def _jsonable(value: Any) -> Any:
@@ -161,8 +185,11 @@ def serve(
 ) -> None:
     """Run the local platform: a gateway serving every deployed function, versions and aliases."""
     with handle_errors(False):
+        from fnpack.config import register_platform
         from fnpack.platform.gateway import serve as run_gateway
 
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+        register_platform(f"http://{shown}:{port}", state_dir)  # so commands run elsewhere find it
         try:
             run_gateway(host, port, state_dir, invoke_token)
         except KeyboardInterrupt:
@@ -197,6 +224,7 @@ def deploy(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
     target: Optional[str] = _target_option(),
+    context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
@@ -226,8 +254,8 @@ def deploy(
             _alias_name("fn", alias)
         aws = {"region": region, "role": role, "bucket": bucket, "function_url": function_url, "memory": memory,
                "timeout": timeout, "environment": _env_pairs(env)}
-        # an unavailable target fails before building
-        with _connect(target, url, state_dir, spec_path=path, **aws) as remote:
+        with _connect(target, url, state_dir, spec_path=path, context=context, **aws) as remote:
+            remote.preflight(_read_spec(path))  # a platform that is not there fails before the build
             archive, built = _archive_for(path, remote.name, as_json)
             plan = remote.plan_deploy(archive, None if no_promote else alias, reason)
             if dry_run:
@@ -287,6 +315,7 @@ def invoke(
     concurrency: int = typer.Option(8, "--concurrency", "-c", help="--batch: requests in flight at once."),
     invoke_token: Optional[str] = _invoke_token_option(),
     target: Optional[str] = _target_option(),
+    context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
@@ -311,10 +340,10 @@ def invoke(
         if batch is not None:
             assert out_path is not None
             _invoke_batch(parsed, batch, out_path, concurrency, as_json,
-                          _connect(target, url, state_dir, invoke_token, region=region))
+                          _connect(target, url, state_dir, invoke_token, region=region, context=context))
             return
         payload = _read_payload(data, file)
-        with _connect(target, url, state_dir, invoke_token, region=region) as remote:
+        with _connect(target, url, state_dir, invoke_token, region=region, context=context) as remote:
             answer = remote.invoke(parsed, payload)
     if as_json:
         _emit({"qualifier": str(parsed), "version": answer.version, "answer": answer.body})
@@ -364,13 +393,14 @@ def _invoke_batch(qualifier: Any, source: Path, out_path: Path, concurrency: int
 @app.command("ls")
 def list_functions(
     target: Optional[str] = _target_option(),
+    context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """List the deployed functions with their versions and aliases."""
-    with handle_errors(as_json), _connect(target, url, state_dir, region=region) as remote:
+    with handle_errors(as_json), _connect(target, url, state_dir, region=region, context=context) as remote:
         functions = remote.functions()
     if as_json:
         _emit({"functions": functions})
@@ -388,6 +418,7 @@ def list_functions(
 def versions(
     name: str = typer.Argument(..., help="The function."),
     target: Optional[str] = _target_option(),
+    context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
@@ -396,7 +427,7 @@ def versions(
     """List a function's versions: number, archive sha256, when, who, and the aliases using each."""
     with handle_errors(as_json):
         name = _function_name(name)
-        with _connect(target, url, state_dir, region=region) as remote:
+        with _connect(target, url, state_dir, region=region, context=context) as remote:
             found = remote.versions(name)
             aliases = remote.aliases(name)
     users = {v.number: sorted(a for a, s in aliases.items() if v.number in s.versions) for v in found}
@@ -413,6 +444,7 @@ def versions(
 def delete(
     qualifier: str = typer.Argument(..., help="NAME (the function, its versions and aliases) or NAME:VERSION."),
     target: Optional[str] = _target_option(),
+    context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
@@ -427,7 +459,7 @@ def delete(
         if parsed.alias:
             raise UsageError(f"{qualifier!r}: delete takes NAME or NAME:VERSION, not an alias",
                              hint=f"`fnpack versions {parsed.name}` shows which version {parsed.alias} uses")
-        with _connect(target, url, state_dir, region=region) as remote:
+        with _connect(target, url, state_dir, region=region, context=context) as remote:
             deleted = remote.delete(parsed.name, parsed.version)
     if as_json:
         _emit({"deleted": deleted})
@@ -445,6 +477,7 @@ def alias_set(
     weight: Optional[float] = typer.Option(None, "--weight", help="The canary's share of traffic, in [0, 1]."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
     target: Optional[str] = _target_option(),
+    context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
@@ -463,7 +496,7 @@ def alias_set(
         if canary_number is None and weight is not None:
             raise UsageError("--weight needs --canary", hint="e.g. --canary 3 --weight 0.1 sends 10% to v3")
         state = AliasState(primary, canary_number, weight or 0.0)
-        with _connect(target, url, state_dir, region=region) as remote:
+        with _connect(target, url, state_dir, region=region, context=context) as remote:
             move = remote.set_alias(name, alias, state, reason)
     if as_json:
         _emit({"function": name, "alias": alias, "move": move})
@@ -475,6 +508,7 @@ def alias_set(
 def alias_list(
     name: str = typer.Argument(..., help="The function."),
     target: Optional[str] = _target_option(),
+    context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
@@ -483,7 +517,7 @@ def alias_list(
     """List a function's aliases and where each sends traffic."""
     with handle_errors(as_json):
         name = _function_name(name)
-        with _connect(target, url, state_dir, region=region) as remote:
+        with _connect(target, url, state_dir, region=region, context=context) as remote:
             aliases = remote.aliases(name)
     if as_json:
         _emit({"function": name, "aliases": aliases})
@@ -499,6 +533,7 @@ def alias_history(
     name: str = typer.Argument(..., help="The function."),
     alias: str = typer.Argument(..., help="The alias."),
     target: Optional[str] = _target_option(),
+    context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
@@ -507,7 +542,7 @@ def alias_history(
     """Every move of an alias, oldest first: when, who, from, to, why."""
     with handle_errors(as_json):
         name, alias = _function_name(name), _alias_name(name, alias)
-        with _connect(target, url, state_dir, region=region) as remote:
+        with _connect(target, url, state_dir, region=region, context=context) as remote:
             history = remote.history(name, alias)
     if as_json:
         _emit({"function": name, "alias": alias, "history": history})
@@ -525,6 +560,7 @@ def rollback(
     alias: str = typer.Argument("live", help="The alias to move back."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
     target: Optional[str] = _target_option(),
+    context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
@@ -533,7 +569,7 @@ def rollback(
     """Restore an alias to where it was before its last move; again to go one further back."""
     with handle_errors(as_json):
         name, alias = _function_name(name), _alias_name(name, alias)
-        with _connect(target, url, state_dir, region=region) as remote:
+        with _connect(target, url, state_dir, region=region, context=context) as remote:
             move = remote.rollback(name, alias, reason)
     if as_json:
         _emit({"function": name, "alias": alias, "move": move})
@@ -547,6 +583,7 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until interrupted."),
     tail: int = typer.Option(100, "--tail", "-n", help="Start with the last N lines."),
     target: Optional[str] = _target_option(),
+    context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
@@ -561,7 +598,7 @@ def logs(
             raise UsageError(f"--tail {tail}: expected 0 or more lines")
         if as_json and follow:
             raise UsageError("--json cannot be combined with --follow", hint="drop --json to stream the logs")
-        with _connect(target, url, state_dir, region=region) as remote:
+        with _connect(target, url, state_dir, region=region, context=context) as remote:
             if as_json:
                 text = "".join(remote.logs(name, tail, False))
                 _emit({"function": name, "lines": text.splitlines()})
@@ -610,6 +647,9 @@ def up(
             invoke_token = remote.settings.invoke_token
             platform = ensure_platform(remote, remote.settings.state_dir, invoke_token,
                                        say=(lambda _: None) if as_json else say)
+            from fnpack.config import register_platform
+
+            platform["context"] = register_platform(remote.url, remote.settings.state_dir)
             result = remote.deploy(built.archive, "live", "fnpack up")
             if not as_json:
                 moved = f"; live: {_move_text(result.move)}" if result.move else f"; live already at v{result.version.number}"

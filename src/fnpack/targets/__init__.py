@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fnpack.targets.catalog import AVAILABLE, TARGETS, deployable
@@ -14,9 +15,10 @@ if TYPE_CHECKING:
 __all__ = ["AVAILABLE", "TARGETS", "get_target"]
 
 
-def get_target(name: str, **flags: Any) -> Target:
+def get_target(name: str, context: Mapping[str, Any] | None = None, context_name: str = "", **flags: Any) -> Target:
     """The target called `name`, configured by its settings model from `flags` (None: not given; the
-    names another target's model has are ignored), then its FNPACK_* variables."""
+    names another target's model has are ignored), then its FNPACK_* variables, then the user's
+    `context` (the settings of a context of this target)."""
     info = deployable(name)
-    settings = info.settings_model().layered(flags)
+    settings = info.settings_model().layered(flags, context=context, context_name=context_name)
     return info.target_class()(settings)

@@ -77,6 +77,10 @@ class Target(ABC):
     def deploy(self, archive: Path, alias: str | None = "live", reason: str | None = None) -> Deployment:
         return self.execute(self.plan_deploy(archive, alias, reason))
 
+    def preflight(self, spec: dict[str, Any] | None = None) -> None:
+        """Every check that can fail without an archive (reachable, token, region, credentials), so that a
+        mistake costs a second, not a build. `spec`: the function's fnpack.yaml, when known."""
+
     # --- reading and moving ------------------------------------------------------------------------
 
     @abstractmethod

@@ -3,7 +3,8 @@
 A target's settings are a pydantic model (`TargetSettings`); each field may name its FNPACK_* variable
 (`env=` in `Field(json_schema_extra=...)`, through `setting()`). Sources stack, first wins:
 
-    flags (the command line)  >  FNPACK_* variables  >  the spec's section for the target (in the archive)
+    flags (the command line)  >  FNPACK_* variables  >  the user's context (`fnpack.config`)
+        >  the spec's section for the target (in the archive)  >  defaults
 
 Each source is validated on its own, so an error names where the bad value came from. The spec's
 section is the same model (`spec.py` uses it), so a value valid in one source is valid in all.
@@ -59,9 +60,13 @@ class TargetSettings(BaseModel):
         return cls()
 
     @classmethod
-    def layered(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Self:
-        """Flags over the environment (the spec comes later, from the archive: `over`)."""
-        return cls.layer(flags, "the command line").over(cls.from_env(environ))
+    def layered(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                context: Mapping[str, Any] | None = None, context_name: str = "") -> Self:
+        """Flags over the environment over the user's context (the spec comes later, from the archive: `over`)."""
+        stacked = cls.layer(flags, "the command line").over(cls.from_env(environ))
+        if context:
+            stacked = stacked.over(cls.layer(context, f"context {context_name or '?'}"))
+        return stacked
 
     def over(self, lower: TargetSettings) -> Self:
         """These settings, with `lower`'s where these are unset."""

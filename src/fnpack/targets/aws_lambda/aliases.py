@@ -17,12 +17,12 @@ class LambdaRouter(AliasRouter):
 
     def current(self, function: str, alias: str) -> tuple[AliasState | None, tuple[str | None, bool]]:
         """(state, (RevisionId, exists)); state None when it points at $LATEST or does not exist."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             found = self.api.client("lambda").get_alias(FunctionName=function, Name=alias)
-        except ClientError as exc:
-            if error_parts(exc)[0] == "ResourceNotFoundException":
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and error_parts(exc)[0] == "ResourceNotFoundException":
                 return None, (None, False)
             raise aws_error(exc, "lambda", f"reading alias {function}:{alias}") from None
         return alias_state(found), (found.get("RevisionId"), True)

@@ -8,6 +8,7 @@ once per (service, region) and shared across threads (`invoke --batch` calls fro
 from __future__ import annotations
 
 import base64
+import os
 import threading
 from typing import Any
 
@@ -21,14 +22,16 @@ DESCRIPTION = "deployed by fnpack"  # on $LATEST: how `fnpack ls` tells fnpack's
 class LambdaApi:
     """Lambda and S3 in one region (None: boto3's default)."""
 
-    def __init__(self, region: str | None = None) -> None:
-        self.wanted_region = region
+    def __init__(self, region: str | None = None, profile: str | None = None) -> None:
+        # AWS_REGION before AWS_DEFAULT_REGION, as the AWS CLI v2 and the SDKs read them (boto3 reads only the second)
+        self.wanted_region = region or os.environ.get("AWS_REGION") or None
+        self.profile = profile
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def in_region(self, region: str | None) -> LambdaApi:
         """The same API in another region (a spec may name one); self when it is this one."""
-        return self if region is None or region == self.wanted_region else LambdaApi(region)
+        return self if region is None or region == self.wanted_region else LambdaApi(region, self.profile)
 
     def client(self, service: str) -> Any:
         with self._lock:
@@ -44,7 +47,12 @@ class LambdaApi:
         import boto3
         from botocore.config import Config
 
-        session = boto3.session.Session(region_name=self.wanted_region)
+        from botocore.exceptions import ProfileNotFound
+
+        try:
+            session = boto3.session.Session(region_name=self.wanted_region, profile_name=self.profile)
+        except ProfileNotFound as exc:
+            raise UsageError(f"no AWS profile {self.profile!r}: {exc}", hint=CREDENTIALS_HINT) from None
         if not session.region_name:
             raise UsageError("no AWS region is set", hint=REGION_HINT)
         if session.get_credentials() is None:
@@ -67,12 +75,12 @@ class LambdaApi:
 
     def get_function(self, name: str) -> dict[str, Any] | None:
         """GetFunction's answer (Configuration, Tags), None when there is no such function."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return self.client("lambda").get_function(FunctionName=name)
-        except ClientError as exc:
-            if error_parts(exc)[0] == "ResourceNotFoundException":
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and error_parts(exc)[0] == "ResourceNotFoundException":
                 return None
             raise aws_error(exc, "lambda", f"reading function {name}") from None
 

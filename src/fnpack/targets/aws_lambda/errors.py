@@ -22,7 +22,8 @@ _IAM_ACTION = {"lambda:Invoke": "lambda:InvokeFunction", "s3:ListObjectsV2": "s3
                "s3:UploadPart": "s3:PutObject", "s3:CompleteMultipartUpload": "s3:PutObject"}
 CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (`aws configure`, "
                     "`aws sso login`); fnpack uses boto3's usual credential chain")
-REGION_HINT = "pass --region, set FNPACK_LAMBDA_REGION or AWS_REGION, or aws_lambda.region in fnpack.yaml"
+REGION_HINT = ("pass --region, set FNPACK_LAMBDA_REGION, AWS_REGION or AWS_DEFAULT_REGION, aws_lambda.region in "
+               "fnpack.yaml, or a region in the context (fnpack context set NAME --region R)")
 
 
 class AccessDeniedError(UsageError):
@@ -60,8 +61,11 @@ def aws_error(exc: BaseException, service: str = "lambda", what: str = "") -> Fn
         return UsageError(f"no AWS credentials: {exc}", hint=CREDENTIALS_HINT)
     if isinstance(exc, be.NoRegionError):
         return UsageError("no AWS region is set", hint=REGION_HINT)
-    if isinstance(exc, be.EndpointConnectionError):
-        return FnpackError(f"cannot reach AWS: {exc}", hint="check the network, the region, and AWS_ENDPOINT_URL if set")
+    if isinstance(exc, (be.EndpointConnectionError, be.ConnectionError)):
+        endpoint = getattr(exc, "kwargs", {}).get("endpoint_url", "")
+        return FnpackError(f"cannot reach AWS at {endpoint or 'its endpoint'} ({what or service})",
+                           hint="check the network and the region; AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_LAMBDA, "
+                                "_S3) overrides the endpoint, e.g. for MinIO or moto")
     if isinstance(exc, be.WaiterError):
         reason = (exc.last_response or {}).get("Configuration", {}).get("LastUpdateStatusReason")
         return FnpackError(f"{what or 'the function'} did not become ready: {reason or exc}",

@@ -49,10 +49,12 @@ class S3History(HistoryStore):
 
     def read(self, function: str, alias: str) -> tuple[list[AliasMove], str | None]:
         """(moves, ETag); ([], None) when the alias has no history yet."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             answer = self.s3.get_object(Bucket=self.bucket, Key=history_key(function, alias))
+        except BotoCoreError as exc:
+            raise aws_error(exc, "s3", f"reading {self.where(function, alias)}") from None
         except ClientError as exc:
             code, _, status = error_parts(exc)
             if code in ("NoSuchKey", "404") or (status == 404 and code != "NoSuchBucket"):
@@ -72,7 +74,7 @@ class S3History(HistoryStore):
     def write(self, function: str, alias: str, moves: list[AliasMove], etag: Any) -> str:
         """Replace the history if it is still the one read (`etag`; None: if there is none); the new ETag.
         Another writer in between raises ConflictError."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         body = json.dumps({"function": function, "alias": alias, "moves": [asdict(m) for m in moves]},
                           indent=1).encode()
@@ -80,6 +82,8 @@ class S3History(HistoryStore):
         try:
             answer = self.s3.put_object(Bucket=self.bucket, Key=history_key(function, alias), Body=body,
                                         ContentType="application/json", **condition)
+        except BotoCoreError as exc:
+            raise aws_error(exc, "s3", f"writing {self.where(function, alias)}") from None
         except ClientError as exc:
             code, _, status = error_parts(exc)
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):

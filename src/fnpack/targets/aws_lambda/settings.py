@@ -35,6 +35,8 @@ class LambdaSettings(TargetSettings):
 
     region: str | None = setting(env="FNPACK_LAMBDA_REGION",
                                  description="AWS region, e.g. eu-west-1 (default: AWS_REGION).")
+    profile: str | None = setting(env="FNPACK_LAMBDA_PROFILE",
+                                  description="AWS profile whose credentials to use (default: AWS_PROFILE, boto3's chain).")
     role: str | None = setting(env="FNPACK_LAMBDA_ROLE",
                                description="Execution role ARN; needed to create the function.")
     bucket: str | None = setting(env="FNPACK_LAMBDA_BUCKET",

@@ -31,7 +31,7 @@ class AwsLambdaTarget(Target):
     def __init__(self, settings: LambdaSettings | None = None, progress: bool | None = None) -> None:
         self.settings = settings or LambdaSettings.layered({})
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.api = LambdaApi(self.settings.region)
+        self.api = LambdaApi(self.settings.region, self.settings.profile)
 
     def deployer(self) -> Deployer:
         from fnpack.targets.aws_lambda.deploy import LambdaDeployer
@@ -41,6 +41,11 @@ class AwsLambdaTarget(Target):
     @property
     def region(self) -> str:
         return self.api.region
+
+    def preflight(self, spec: dict[str, Any] | None = None) -> None:
+        """A region and credentials (no API call: they may not read anything yet)."""
+        settings = self.settings.over(LambdaSettings.from_spec(spec)) if spec else self.settings
+        self.api.in_region(settings.region).client("lambda")
 
     # --- reading -----------------------------------------------------------------------------------
 

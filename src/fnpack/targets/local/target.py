@@ -41,6 +41,9 @@ class LocalTarget(Target):
     def healthy(self, timeout: float = 2.0) -> bool:
         return self.api.healthy(timeout)
 
+    def preflight(self, spec: dict[str, Any] | None = None) -> None:
+        self.api.json("GET", "/api/v1/functions")  # reachable, and the token accepted
+
     # --- reading and moving ------------------------------------------------------------------------
 
     def functions(self) -> list[FunctionSummary]:
