@@ -1,9 +1,10 @@
 """Offline scoring: `fnpack invoke QUALIFIER --batch in.jsonl --out out.jsonl`.
 
-Each non-blank input line is one request (a JSON record, or a list of records) sent through a
-target with bounded concurrency. The output has one JSON line per non-blank input line, in input
-order: the function's answer, or `{"error": message, "line": n}` for a record that failed (a line
-that is not JSON, or a 4xx/5xx answer). Input is read lazily and at most a few times `concurrency`
+Each input line is one request (a JSON record, or a list of records) sent through a target with
+bounded concurrency. The output has one JSON line per input line, in input order, so that line N of
+the output answers line N of the input: the function's answer, `null` for a blank line, or
+`{"error": message, "line": n}` for a record that failed (a line that is not JSON, or a 4xx/5xx
+answer). The input may be standard input (`-`) and the output standard output (None). Input is read lazily and at most a few times `concurrency`
 records are held at once, so a file of any length scores in constant memory.
 
 A failed record does not stop the batch. Errors that would fail every record (no platform at the
@@ -12,7 +13,9 @@ URL, a refused token, an unknown function) stop it at once and raise their own F
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -40,7 +43,7 @@ class BatchError(FnpackError):
 class BatchSummary:
     source: str
     out: str
-    records: int = 0
+    records: int = 0  # lines that held a request (blank ones are answered `null` and not counted)
     ok: int = 0
     failed: int = 0
     seconds: float = 0.0
@@ -50,22 +53,25 @@ class BatchSummary:
         return {**self.__dict__, "records_per_second": round(self.records / self.seconds, 1) if self.seconds else None}
 
 
-def count_records(source: Path) -> int:
-    """Non-blank lines: the batch's size, for a progress bar."""
+def count_records(source: Path) -> int | None:
+    """Non-blank lines: the batch's size, for a progress bar (None for standard input)."""
+    if str(source) == "-":
+        return None
     with open(source, "rb") as f:
         return sum(1 for line in f if line.strip())
 
 
-def score_file(target: Target, qualifier: Qualifier, source: Path, out: Path, concurrency: int = 8,
+def score_file(target: Target, qualifier: Qualifier, source: Path, out: Path | None, concurrency: int = 8,
                on_record: Callable[[], None] | None = None,
                on_failure: Callable[[int, str], None] | None = None) -> BatchSummary:
     """Score every line of `source` into `out`; `on_record` after each record, `on_failure(line, error)`
     after each failed one. Returns the summary; the caller decides what a failed record means."""
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise UsageError(f"--concurrency {concurrency} is out of range", hint=f"use 1 to {MAX_CONCURRENCY}")
-    if not source.is_file():
-        raise UsageError(f"{source} does not exist or is not a file", hint="--batch takes a JSON Lines file")
-    summary = BatchSummary(str(source), str(out))
+    from_stdin = str(source) == "-"
+    if not from_stdin and not source.is_file():
+        raise UsageError(f"{source} does not exist or is not a file", hint="--batch takes a JSON Lines file (- : stdin)")
+    summary = BatchSummary("<stdin>" if from_stdin else str(source), "<stdout>" if out is None else str(out))
     started = time.perf_counter()
 
     def call(payload: Any) -> tuple[bool, Any]:
@@ -76,6 +82,9 @@ def score_file(target: Target, qualifier: Qualifier, source: Path, out: Path, co
 
     def write(line_no: int, future: Future[tuple[bool, Any]], sink: Any) -> None:
         ok, result = future.result()
+        if line_no < 0:  # a blank line
+            sink.write("null\n")
+            return
         summary.records += 1
         if ok:
             summary.ok += 1
@@ -91,15 +100,19 @@ def score_file(target: Target, qualifier: Qualifier, source: Path, out: Path, co
             on_record()
 
     try:
-        sink = open(out, "w", encoding="utf-8")
+        sink = sys.stdout if out is None else open(out, "w", encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write {out}: {exc.strerror}", hint="choose another --out") from None
     window: deque[tuple[int, Future[tuple[bool, Any]]]] = deque()
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fnpack-batch")
     try:
-        with sink, open(source, "rb") as lines:
+        with (contextlib.nullcontext(sink) if out is None else sink,
+              contextlib.nullcontext(sys.stdin.buffer) if from_stdin else open(source, "rb") as lines):
             for line_no, raw in enumerate(lines, 1):
-                if not raw.strip():
+                if not raw.strip():  # answered `null` in its place, in order with the others
+                    future = Future()
+                    future.set_result((True, None))
+                    window.append((-line_no, future))
                     continue
                 try:
                     payload = json.loads(raw)
@@ -114,6 +127,7 @@ def score_file(target: Target, qualifier: Qualifier, source: Path, out: Path, co
                     write(*window.popleft(), sink)
             while window:
                 write(*window.popleft(), sink)
+            sink.flush()
     finally:
         for _, pending in window:
             pending.cancel()

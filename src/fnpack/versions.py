@@ -88,6 +88,7 @@ class Version:
     sha256: str
     created_at: str  # ISO 8601, UTC
     actor: str
+    target: str = ""  # what the archive was built for (local, aws-lambda, ...), where the target says
 
 
 @dataclass(frozen=True)

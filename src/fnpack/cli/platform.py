@@ -310,8 +310,10 @@ def invoke(
     qualifier: str = typer.Argument(..., help="NAME (its live alias), NAME:ALIAS or NAME:VERSION."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="The request: a JSON record or list of records."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read the request from a JSON file (- : stdin)."),
-    batch: Optional[Path] = typer.Option(None, "--batch", help="Score a JSON Lines file, one request a line."),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="--batch: where the answers go (JSON Lines)."),
+    batch: Optional[Path] = typer.Option(None, "--batch", help="Score a JSON Lines file (- : stdin), one request "
+                                                               "a line."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="--batch: where the answers go (JSON Lines; "
+                                                                      "default: standard output)."),
     concurrency: int = typer.Option(8, "--concurrency", "-c", help="--batch: requests in flight at once."),
     invoke_token: Optional[str] = _invoke_token_option(),
     target: Optional[str] = _target_option(),
@@ -323,22 +325,28 @@ def invoke(
 ) -> None:
     """Call a deployed function and print its answer; or score a file with --batch.
 
-    With --batch, the answers are written to --out in input order, one line per non-blank input line;
-    a failed record (not JSON, or refused by the function) becomes {"error": ..., "line": n} and is
-    reported on stderr. The exit code is 1 when any record failed, 0 when all were scored.
+    The request is --data, --file, or standard input when it is not a terminal
+    (`echo '{...}' | fnpack invoke iris`).
+
+    With --batch, the answers are written to --out (else standard output) in input order, one line per
+    input line, so that line N answers line N: a blank line is answered `null`, a failed record (not
+    JSON, or refused by the function) {"error": ..., "line": n}, reported on stderr. The exit code is 1
+    when any record failed, 0 when all were scored.
     """
     from fnpack.errors import UsageError
     from fnpack.versions import Qualifier
 
     with handle_errors(as_json):
         parsed = Qualifier.parse(qualifier)
-        if sum(x is not None for x in (data, file, batch)) != 1:
-            raise UsageError("give exactly one of --data, --file or --batch",
+        given = sum(x is not None for x in (data, file, batch))
+        if given == 0 and not sys.stdin.isatty():
+            file = Path("-")  # a request piped in, as faas-cli invoke reads it
+        elif given != 1:
+            raise UsageError("give exactly one of --data, --file or --batch (or pipe the request in)",
                              hint=f"e.g. fnpack invoke {parsed} --data '{{...}}'")
-        if (batch is None) != (out_path is None):
-            raise UsageError("--batch and --out go together", hint="--batch in.jsonl --out out.jsonl")
+        if out_path is not None and batch is None:
+            raise UsageError("--out goes with --batch", hint="--batch in.jsonl --out out.jsonl")
         if batch is not None:
-            assert out_path is not None
             _invoke_batch(parsed, batch, out_path, concurrency, as_json,
                           _connect(target, url, state_dir, invoke_token, region=region, context=context))
             return
@@ -351,7 +359,7 @@ def invoke(
         sys.stdout.write(json.dumps(answer.body, indent=2) + "\n")
 
 
-def _invoke_batch(qualifier: Any, source: Path, out_path: Path, concurrency: int, as_json: bool,
+def _invoke_batch(qualifier: Any, source: Path, out_path: Optional[Path], concurrency: int, as_json: bool,
                   remote: Any) -> None:
     from fnpack.invoke_batch import BatchError, count_records, score_file
 
@@ -367,7 +375,7 @@ def _invoke_batch(qualifier: Any, source: Path, out_path: Path, concurrency: int
         if err.is_terminal and not as_json:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            total = count_records(source) if source.is_file() else None
+            total = count_records(source) if str(source) == "-" or source.is_file() else None
             with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           console=err, transient=True) as bar:
                 task = bar.add_task("scoring", total=total)
@@ -376,7 +384,10 @@ def _invoke_batch(qualifier: Any, source: Path, out_path: Path, concurrency: int
         else:
             summary = score_file(remote, qualifier, source, out_path, concurrency, on_failure=on_failure)
     if as_json:
-        _emit(summary.to_dict())
+        if out_path is None:  # standard output holds the answers: the summary goes beside them
+            sys.stderr.write(json.dumps(summary.to_dict(), default=str) + "\n")
+        else:
+            _emit(summary.to_dict())
         if summary.failed:
             raise typer.Exit(BatchError.exit_code)
         return
@@ -388,6 +399,50 @@ def _invoke_batch(qualifier: Any, source: Path, out_path: Path, concurrency: int
     if summary.failed:
         raise BatchError(f"{summary.failed} of {summary.records} record(s) failed; their lines in {summary.out} "
                          "hold {\"error\", \"line\"}")
+
+
+@app.command()
+def describe(
+    name: str = typer.Argument(..., help="The function."),
+    target: Optional[str] = _target_option(),
+    context: Optional[str] = _context_option(),
+    url: Optional[str] = _url_option(),
+    state_dir: Optional[Path] = _state_option(),
+    region: Optional[str] = _region_option(),
+    as_json: bool = _json_option(),
+) -> None:
+    """Show a function: its URLs, versions (sha256, target), aliases with weights, what runs, recent errors."""
+    with handle_errors(as_json):
+        name = _function_name(name)
+        with _connect(target, url, state_dir, region=region, context=context) as remote:
+            found = remote.describe(name)
+    if as_json:
+        _emit(found)
+        return
+    users = {v.number: sorted(a for a, s in found.aliases.items() if v.number in s.versions) for v in found.versions}
+    say(f"function {found.function} on {found.target}")
+    say("urls")
+    for qualifier, where in found.urls.items():
+        say(f"  {qualifier:<24}{where}")
+    say("aliases" + ("" if found.aliases else "  none"))
+    for alias, state in sorted(found.aliases.items()):
+        say(f"  {alias:<16}{state}")
+    say("versions")
+    for v in found.versions:
+        say(f"  v{v.number:<6}{v.sha256[:12]}  {v.target or '-':<11}{v.created_at:<26}"
+            f"{', '.join(users[v.number]) or '-'}")
+    if found.instances:
+        say("instances")
+        for pool in found.instances:
+            workers = pool.get("workers", [])
+            shown = ", ".join(f"pid {w['pid']} {w['state']}" for w in workers) or "none (scaled to zero)"
+            starting = f", {pool['starting']} starting" if pool.get("starting") else ""
+            say(f"  v{pool['version']:<6}{shown}{starting}")
+    for key, value in found.details.items():
+        say(f"{key:<9}{value}")
+    say("recent errors" + ("" if found.recent_errors else "  none"))
+    for line in found.recent_errors:
+        say(f"  {line}")
 
 
 @app.command("ls")
@@ -434,15 +489,16 @@ def versions(
     if as_json:
         _emit({"function": name, "versions": [{**_jsonable(v), "aliases": users[v.number]} for v in found]})
         return
-    say(f"{'VERSION':<9}{'SHA256':<14}{'CREATED':<26}{'BY':<24}ALIASES")
+    say(f"{'VERSION':<9}{'SHA256':<14}{'TARGET':<12}{'CREATED':<26}{'BY':<24}ALIASES")
     for v in found:
-        say(f"{'v' + str(v.number):<9}{v.sha256[:12]:<14}{v.created_at:<26}{v.actor:<24}"
+        say(f"{'v' + str(v.number):<9}{v.sha256[:12]:<14}{v.target or '-':<12}{v.created_at:<26}{v.actor:<24}"
             f"{', '.join(users[v.number]) or '-'}")
 
 
 @app.command()
 def delete(
     qualifier: str = typer.Argument(..., help="NAME (the function, its versions and aliases) or NAME:VERSION."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Delete a whole function without asking."),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
@@ -450,7 +506,7 @@ def delete(
     region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
-    """Delete a version (refused while an alias uses it) or a whole function."""
+    """Delete a version (refused while an alias uses it) or a whole function (asks first, or --yes)."""
     from fnpack.errors import UsageError
     from fnpack.versions import Qualifier
 
@@ -460,12 +516,31 @@ def delete(
             raise UsageError(f"{qualifier!r}: delete takes NAME or NAME:VERSION, not an alias",
                              hint=f"`fnpack versions {parsed.name}` shows which version {parsed.alias} uses")
         with _connect(target, url, state_dir, region=region, context=context) as remote:
+            if parsed.version is None and not yes:
+                _confirm_delete(remote, parsed.name, as_json)
             deleted = remote.delete(parsed.name, parsed.version)
     if as_json:
         _emit({"deleted": deleted})
         return
     numbers = ", ".join(f"v{v.number}" for v in deleted)
-    say(f"deleted {parsed.name} " + (numbers if parsed.version else f"(all versions: {numbers})"))
+    say(f"deleted {parsed.name} " + (numbers if parsed.version else f"(all versions: {numbers}, and its aliases)"))
+
+
+def _confirm_delete(remote: Any, name: str, as_json: bool) -> None:
+    """Ask before a whole function goes (its versions, the aliases serving them); without a terminal to
+    ask on, refuse: `--yes` says it was meant, as SAM's delete --no-prompts does."""
+    from fnpack.errors import UsageError
+
+    versions = remote.versions(name)
+    aliases = remote.aliases(name)
+    what = (f"{name}: {len(versions)} version(s) ({', '.join(f'v{v.number}' for v in versions)})" +
+            (f" and alias(es) {', '.join(f'{a} -> {s}' for a, s in sorted(aliases.items()))}" if aliases else ""))
+    if as_json or not sys.stdin.isatty():
+        raise UsageError(f"deleting the whole function removes {what}; nothing was deleted",
+                         hint=f"add --yes to delete it (fnpack delete {name} --yes), or delete one version with "
+                              f"{name}:VERSION")
+    if not typer.confirm(f"delete {what}?", default=False, err=True):
+        raise typer.Exit(1)
 
 
 @alias_app.command("set")
@@ -524,6 +599,8 @@ def alias_list(
         return
     if not aliases:
         say(f"{name} has no aliases (fnpack alias set {name} live VERSION)")
+        return
+    say(f"{'ALIAS':<16}SENDS TRAFFIC TO")
     for alias, state in sorted(aliases.items()):
         say(f"{alias:<16}{state}")
 
@@ -581,7 +658,11 @@ def rollback(
 def logs(
     name: str = typer.Argument(..., help="The function."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until interrupted."),
-    tail: int = typer.Option(100, "--tail", "-n", help="Start with the last N lines."),
+    tail: Optional[int] = typer.Option(None, "--tail", "-n", show_default=False,
+                                       help="Start with the last N lines (default: 100, or all with --since)."),
+    since: Optional[str] = typer.Option(None, "--since", show_default=False,
+                                        help="Only lines from this time on: a duration (30s, 10m, 2h, 1d) or an "
+                                             "ISO 8601 time (2026-12-01T10:00:00Z)."),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
@@ -589,26 +670,82 @@ def logs(
     region: Optional[str] = _region_option(),
     as_json: bool = _json_option(),
 ) -> None:
-    """Print a function's logs (its workers' output)."""
+    """Print a function's logs: its workers' output and the platform's events about them.
+
+    The platform's lines start with a UTC time (2026-12-01T10:00:00.000Z); a worker's own lines count
+    as written when the last timed line before them was, for --since.
+    """
     from fnpack.errors import UsageError
 
     with handle_errors(as_json):
         name = _function_name(name)
-        if tail < 0:
+        if tail is not None and tail < 0:
             raise UsageError(f"--tail {tail}: expected 0 or more lines")
         if as_json and follow:
             raise UsageError("--json cannot be combined with --follow", hint="drop --json to stream the logs")
+        keep = _SinceFilter(_since(since)) if since else None
+        lines = tail if tail is not None else (1_000_000 if since else 100)
         with _connect(target, url, state_dir, region=region, context=context) as remote:
+            chunks = remote.logs(name, lines, follow and not as_json)
+            if keep is not None:
+                chunks = keep(chunks)
             if as_json:
-                text = "".join(remote.logs(name, tail, False))
-                _emit({"function": name, "lines": text.splitlines()})
+                _emit({"function": name, "lines": "".join(chunks).splitlines()})
                 return
             try:
-                for chunk in remote.logs(name, tail, follow):
+                for chunk in chunks:
                     sys.stdout.write(chunk)
                     sys.stdout.flush()
             except KeyboardInterrupt:
                 pass
+
+
+def _since(text: str) -> Any:
+    """--since as an aware UTC datetime: 30s, 10m, 2h, 1d ago, or an ISO 8601 time (UTC if no zone)."""
+    import re
+    from datetime import datetime, timedelta, timezone
+
+    from fnpack.errors import UsageError
+
+    if match := re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", text):
+        seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {text!r} is neither a duration nor a time",
+                         hint="e.g. --since 10m, --since 2h or --since 2026-12-01T10:00:00Z") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+class _SinceFilter:
+    """Keeps the log lines written at or after a time, across chunk boundaries."""
+
+    def __init__(self, cutoff: Any) -> None:
+        self.cutoff = cutoff
+        self.keeping = False  # lines before the first timed one are older than anything known
+
+    def __call__(self, chunks: Any) -> Any:
+        from datetime import datetime
+
+        partial = ""
+        for chunk in chunks:
+            partial += chunk
+            *whole, partial = partial.split("\n")
+            kept = []
+            for line in whole:
+                stamp = line.split(" ", 1)[0]
+                if stamp[:4].isdigit() and "T" in stamp:
+                    try:
+                        self.keeping = datetime.fromisoformat(stamp.replace("Z", "+00:00")) >= self.cutoff
+                    except ValueError:
+                        pass
+                if self.keeping:
+                    kept.append(line + "\n")
+            if kept:
+                yield "".join(kept)
+        if partial and self.keeping:
+            yield partial
 
 
 @app.command()

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform as host
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,7 @@ class LocalPlatform:
         self._routers: dict[tuple[str, str], WeightedRouter] = {}
         self._moves = asyncio.Lock()  # alias moves apply to the cache in commit order
         self._deploys = threading.Lock()  # one at a time: a failed deploy then removes only what it made
+        self._targets: dict[str, str] = {}  # archive sha256 -> the target it was built for
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -133,6 +136,9 @@ class LocalPlatform:
             problem = f"the archive is built for Python {manifest.get('python')}; this platform runs Python {running}"
         elif manifest.get("arch") != host.machine().replace("aarch64", "arm64"):
             problem = f"the archive is built for {manifest.get('arch')}; this machine is {host.machine()}"
+        elif _platform_of(manifest.get("target")) != _platform_of("local"):
+            problem = (f"the archive is built for the {manifest.get('target')} target, whose packages are for "
+                       "another platform: the local platform runs archives built for local, knative or openfaas")
         if problem:
             raise ArchiveError(problem, hint="build it for this machine with `fnpack build --target local`")
         try:  # the platform reads scaling, resources and batching from it: never trust a crafted one
@@ -140,6 +146,33 @@ class LocalPlatform:
         except SpecError as exc:
             one_line = exc.message.replace(":\n  - ", ": ").replace("\n  - ", "; ")
             raise ArchiveError(one_line[:2000], hint="rebuild the archive with `fnpack build`") from None
+
+    def archive_target(self, sha256: str) -> str:
+        """The target an archive was built for, from its unpacked manifest ("" when unreadable)."""
+        if sha256 not in self._targets:
+            try:
+                manifest = json.loads((unpacked_path(sha256, self.unpacked) / MANIFEST_NAME).read_text("utf-8"))
+                self._targets[sha256] = str(manifest.get("target") or "")
+            except (OSError, ValueError):
+                return ""
+        return self._targets[sha256]
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """What runs for a function now: each version's workers (pid, requests in flight, idle time),
+        starts under way, the last start failure, and the platform's recent error events from its log."""
+        now = time.monotonic()
+        versions = []
+        for (function, number), pool in sorted(self.workers.pools.items()):
+            if function != name:
+                continue
+            failure = pool.failure[0].message if pool.failure else None
+            versions.append({"version": number, "starting": pool.starting, "min_warm": pool.min_warm,
+                             "max": pool.scaling.max, "last_start_error": failure,
+                             "workers": [{"pid": w.pid, "in_flight": w.in_flight, "state": "busy" if w.in_flight
+                                          else "idle", "idle_seconds": round(now - w.last_used, 1)}
+                                         for w in pool.workers]})
+        return {"function": name, "instances": versions, "recent_errors": _recent_errors(
+            self.workers.log_path(name))}
 
     def _close_state_folder(self) -> None:
         """Functions' users may traverse the state folder to their own trees, and reach nothing else
@@ -275,3 +308,25 @@ class LocalPlatform:
 
     def _workers_changed(self, pool: VersionPool) -> None:
         self.metrics.workers.labels(pool.function, str(pool.number)).set(len(pool.workers))
+
+
+_ERROR_WORDS = ("error", "failed", "exited", "killed", "memory", "timed out", "retir", "cannot")
+
+
+def _recent_errors(log: Path, keep: int = 10, scan: int = 256 * 1024) -> list[str]:
+    """The last platform events of a function's log that report a problem (from its last `scan` bytes)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - scan))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    found = [line for line in lines if " [platform] " in line and any(w in line.lower() for w in _ERROR_WORDS)]
+    return found[-keep:]
+
+
+def _platform_of(target: Any) -> str | None:
+    """The platform a target's archives are built for (aws-lambda, container); None for an unknown one."""
+    from fnpack.targets.catalog import CATALOG
+
+    return next((info.platform for info in CATALOG if info.name == target), None)

@@ -41,6 +41,23 @@ class Invocation:
     version: int | None
 
 
+@dataclass(frozen=True)
+class Description:
+    """`fnpack describe`: where to call a function, what it has, what runs and what went wrong lately.
+
+    `instances` are the target's running units (the local platform's workers per version, ...);
+    `details` what else the target knows (Lambda's state and configuration, ...)."""
+
+    function: str
+    target: str
+    urls: dict[str, str]
+    versions: list[Version]
+    aliases: dict[str, AliasState]
+    instances: list[dict[str, Any]]
+    recent_errors: list[str]
+    details: dict[str, Any]
+
+
 class InvokeError(FnpackError):
     """A function answered an invocation with a 4xx or 5xx (bad input, or a crash in its code)."""
 
@@ -108,6 +125,19 @@ class Target(ABC):
     def delete(self, name: str, version: int | None = None) -> list[Version]:
         """Delete one version (refused while an alias uses it) or the whole function."""
 
+    def describe(self, name: str) -> Description:
+        """Every version and alias with its URL, and what the target says about what runs."""
+        versions = self.versions(name)
+        aliases = self.aliases(name)
+        urls = {f"{name}:{alias}": self.invoke_url(Qualifier(name, alias=alias)) for alias in sorted(aliases)}
+        urls.update({f"{name}:{v.number}": self.invoke_url(Qualifier(name, version=v.number)) for v in versions})
+        instances, errors, details = self.running(name)
+        return Description(name, self.name, urls, versions, aliases, instances, errors, details)
+
+    def running(self, name: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
+        """(instances, recent errors, details) for `describe`; a target that can say nothing: empty."""
+        return [], [], {}
+
     # --- calling -----------------------------------------------------------------------------------
 
     @abstractmethod
@@ -153,4 +183,4 @@ def move_from_dict(data: dict[str, Any]) -> AliasMove:
 
 def version_from_dict(data: dict[str, Any]) -> Version:
     return Version(function=data["function"], number=int(data["number"]), sha256=data["sha256"],
-                   created_at=data.get("created_at", ""), actor=data.get("actor", ""))
+                   created_at=data.get("created_at", ""), actor=data.get("actor", ""), target=data.get("target", ""))

@@ -151,7 +151,7 @@ def lambda_version(name: str, config: dict[str, Any]) -> Version:
     by = description.partition(" by ")[2]
     return Version(function=name, number=int(config["Version"]),
                    sha256=base64.b64decode(config["CodeSha256"]).hex(), created_at=_utc(config.get("LastModified")),
-                   actor=by)
+                   actor=by, target="aws-lambda")
 
 
 def _utc(text: Any) -> str:

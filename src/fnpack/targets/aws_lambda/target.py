@@ -118,6 +118,17 @@ class AwsLambdaTarget(Target):
                                   f"was not: {exc}", hint="delete it by hand") from None
         return found
 
+    def running(self, name: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
+        """Lambda runs instances per request and keeps no error list of its own: the function's state and
+        configuration, and where its logs are (CloudWatch)."""
+        config = self.api.function(name)["Configuration"]
+        details = {key: config.get(key) for key in ("State", "LastUpdateStatus", "Runtime", "MemorySize", "Timeout",
+                                                     "Architectures", "LastModified") if config.get(key) is not None}
+        errors = [f"{config['LastUpdateStatus']}: {config.get('LastUpdateStatusReason') or 'no reason given'}"] \
+            if config.get("LastUpdateStatus") == "Failed" else []
+        details["logs"] = f"CloudWatch Logs group /aws/lambda/{name} in {self.region}"
+        return [], errors, details
+
     # --- calling -----------------------------------------------------------------------------------
 
     def invoke(self, qualifier: Qualifier, payload: Any) -> Invocation:

@@ -96,6 +96,10 @@ class LocalTarget(Target):
         except httpx.HTTPError as exc:
             raise self.api.transport_error(exc) from None
 
+    def running(self, name: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
+        data = self.api.json("GET", f"/api/v1/functions/{q(name)}/status")
+        return data.get("instances", []), data.get("recent_errors", []), {"log": f"fnpack logs {name}"}
+
     # --- calling -----------------------------------------------------------------------------------
 
     def invoke(self, qualifier: Qualifier, payload: Any) -> Invocation:
