@@ -48,13 +48,15 @@ class CliResult:
 
 
 def fnpack(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-           umask: int | None = None) -> CliResult:
+           umask: int | None = None, input: str | None = None) -> CliResult:
+    """The real CLI in a subprocess; `input` is piped to its standard input (else it reads nothing)."""
     import os
 
     full_env = {**os.environ, **(env or {})}
     full_env.pop("SOURCE_DATE_EPOCH", None) if env is None or "SOURCE_DATE_EPOCH" not in env else None
     done = subprocess.run([sys.executable, "-m", "fnpack", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=900, preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+                          text=True, timeout=900, preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
+                          input=input if input is not None else "")
     return CliResult(done.returncode, done.stdout, done.stderr)
 
 
