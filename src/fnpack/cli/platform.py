@@ -624,8 +624,6 @@ def alias_history(
     if as_json:
         _emit({"function": name, "alias": alias, "history": history})
         return
-    if not history:
-        say(f"{name}:{alias} has never been set")
     for index, move in enumerate(history):
         undoes = f"  (rollback of #{move.undoes})" if move.undoes is not None else ""
         say(f"#{index:<3}{move.at:<26}{move.actor:<24}{_move_text(move)}{undoes}")

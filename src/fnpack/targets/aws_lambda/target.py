@@ -68,7 +68,10 @@ class AwsLambdaTarget(Target):
         return self.api.aliases(name)
 
     def history(self, name: str, alias: str) -> list[AliasMove]:
-        return self._store(name).read(name, alias)[0]
+        moves = self._store(name).read(name, alias)[0]
+        if not moves:  # never set: the same answer as a rollback of it
+            raise NotFoundError(f"{name} has no alias {alias!r}", hint=f"`fnpack alias list {name}` lists them")
+        return moves
 
     def _store(self, name: str) -> S3History:
         bucket = self.api.function(name).get("Tags", {}).get(BUCKET_TAG) or self.settings.bucket
