@@ -143,8 +143,9 @@ def test_bad_name(example):
     folder = example("iris")
     edit_spec(folder, name="Iris_Classifier")
     result = fnpack("build", str(folder), "--json")
-    assert result.code == 3
-    assert "'Iris_Classifier' is not a lower-case DNS label" in result.json()["message"]
+    assert result.code == 3 and result.stdout == ""  # with --json, the error is one JSON object on stderr
+    error = json.loads(result.stderr)
+    assert error["exit_code"] == 3 and "'Iris_Classifier' is not a lower-case DNS label" in error["message"]
 
 
 def test_missing_model_file(example):
@@ -240,14 +241,19 @@ def test_over_the_size_budget_shows_the_breakdown(example):
     folder = example("iris")
     result = fnpack("build", str(folder), "--out", str(folder / "dist"), "--max-size", "5MB")
     assert result.code == 7
-    assert "the archive is too large: zipped" in result.stderr and "over the limit of 4.8 MiB" in result.stderr
-    assert "numpy" in result.stderr and "onnxruntime" in result.stderr and "exclude:" in result.stderr
+    assert "the archive is too large: zipped" in result.stderr
+    assert "over the limit of 5 MB (--max-size)" in result.stderr
+    assert "largest (zipped)" in result.stderr and "numpy" in result.stderr and "onnxruntime" in result.stderr
+    assert "MiB" not in result.stderr  # the unit the limit was given in, MB, throughout
+    assert "Drop the requirements" not in result.stderr  # iris has none
     assert leftovers(folder) == []
 
     as_json = fnpack("build", str(folder), "--max-size", "5MB", "--json")
-    assert as_json.code == 7
-    report = as_json.json()["report"]
+    assert as_json.code == 7 and as_json.stdout == ""
+    report = json.loads(as_json.stderr)["report"]
+    assert report["measure"] == "zipped" and report["unit"] == "MB" and report["limit"] == 5_000_000
     assert report["packages"][0]["name"] in ("numpy", "onnxruntime") and report["largest_files"]
+    assert sum(p["zipped"] for p in report["packages"]) + 22 == report["total"] == report["actual"]
 
 
 def test_bad_max_size_value(example):
@@ -273,7 +279,7 @@ def test_exclude_applies_to_packages_too(example):
 
     edit_spec(folder, exclude=["numpy/_core/_multiarray_umath*"])  # what `import numpy` needs
     result = fnpack("build", str(folder), "--out", str(folder / "dist"), "--json")
-    assert result.code == 8 and "importing the archive's handler failed" in result.json()["message"]
+    assert result.code == 8 and "importing the archive's handler failed" in json.loads(result.stderr)["message"]
 
 
 @pytest.mark.parametrize("target", ["knative", "openfaas"])
@@ -300,8 +306,10 @@ def test_lambda_hard_limit_of_250mb_unzipped(example):
         f.truncate(260 * 1024 * 1024)  # zeros: tiny zipped, over the unzipped limit
     edit_spec(folder, include=["weights.bin"])
     result = fnpack("build", str(folder), "--target", "aws-lambda", "--out", str(folder / "dist"))
-    assert result.code == 7 and "over the limit of 250.0 MiB" in result.stderr
-    assert "weights.bin" in result.stderr and leftovers(folder) == []
+    assert result.code == 7 and "is over AWS Lambda's limit of 250 MB (AWS's MB: 1,048,576 bytes)" in result.stderr
+    assert "largest (unzipped)" in result.stderr and "weights.bin  260.0 MB" in result.stderr
+    assert 'exclude: ["weights.bin"]' in result.stderr and "cannot be raised" in result.stderr
+    assert leftovers(folder) == []
 
 
 def test_runtime_without_a_local_interpreter_says_what_it_could_not_check(example):

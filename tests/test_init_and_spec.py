@@ -31,13 +31,17 @@ def test_init_image_template(tmp_path):
 
 
 def test_init_refuses_bad_names_templates_and_existing_folders(tmp_path):
-    assert fnpack("init", "Bad_Name", cwd=tmp_path).code == 3
+    # Bad command-line values are usage errors (exit 2) naming the value and what was expected.
+    bad_name = fnpack("init", "Bad_Name", cwd=tmp_path)
+    assert bad_name.code == 2 and "NAME 'Bad_Name' is not a lower-case DNS label" in bad_name.stderr
+    assert "e.g. bad-name" in bad_name.stderr
     bad_template = fnpack("init", "ok-name", "--template", "audio", cwd=tmp_path)
-    assert bad_template.code == 3 and "choose one of: tabular, image" in bad_template.stderr
+    assert bad_template.code == 2 and "unknown template 'audio'" in bad_template.stderr
+    assert "expected one of: tabular, image" in bad_template.stderr
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
     taken = fnpack("init", "taken", cwd=tmp_path)
-    assert taken.code == 3 and "already exists" in taken.stderr
+    assert taken.code == 2 and "already exists" in taken.stderr
     assert not (tmp_path / "Bad_Name").exists()
 
 

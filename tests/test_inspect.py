@@ -37,9 +37,18 @@ def test_inspect_reports_manifest_and_breakdown(built):
     assert result.code == 0, result.stderr
     assert "intact   yes" in result.stdout and built["sha256"] in result.stdout
     assert "asgi fnpack_handler:app, lambda fnpack_handler.handler" in result.stdout
-    report = fnpack("inspect", built["archive"], "--json").json()
+    # The model's inputs and outputs, from the manifest: name, dtype, shape.
+    assert "  inputs   features float32 [-1, 4]\n" in result.stdout
+    assert "  outputs  label int64 [-1], probabilities float32 [-1, 3]\n" in result.stdout
+    assert "largest (unzipped)" in result.stdout
+    as_json = fnpack("inspect", built["archive"], "--json")
+    assert as_json.stdout.count("\n") == 1  # one JSON object on one line
+    report = as_json.json()
     assert report["unzipped_size"] == built["unzipped_size"] and report["files"] == built["files"]
     assert {p["name"] for p in report["breakdown"]["packages"]} >= {"numpy", "onnxruntime", "(model)"}
+    assert report["manifest"]["model"]["inputs"] == [{"dtype": "float32", "name": "features", "shape": [-1, 4]}]
+    # Compressed sizes come from the zip's directory: with the headers they add up to the archive.
+    assert sum(p["zipped"] for p in report["breakdown"]["packages"]) + 22 == report["zipped_size"]
 
 
 def test_tampered_file_is_named(built, tmp_path):

@@ -16,10 +16,12 @@ def inspect_archive(path: Path, expected_sha256: str | None = None) -> dict[str,
         listed = (manifest or {}).get("files", {})
         sizes = {name: len(archive.read(name)) if name not in listed else listed[name]["size"]
                  for name in archive.names()}
+        # The compressed size as the zip's directory states it (the reader checked the directory).
+        compressed = {name: archive._file(name).info.compress_size for name in sizes}
         sha256 = archive.sha256
     owners = {name: entry.get("owner", "(unlisted)") for name, entry in listed.items()}
     owners[MANIFEST_NAME] = "(fnpack runtime)"
-    files = [SizedFile(name, owners.get(name, "(unlisted)"), size, 0) for name, size in sizes.items()]
+    files = [SizedFile(name, owners.get(name, "(unlisted)"), size, compressed[name]) for name, size in sizes.items()]
     return {
         "path": str(path),
         "sha256": sha256,

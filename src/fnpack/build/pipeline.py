@@ -12,10 +12,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fnpack import __version__
 from fnpack._resources import data_dir, runtime_package_dir
 from fnpack.archive import MANIFEST_NAME, sha256_file
-from fnpack.build.budget import SizedFile, breakdown, check_budget
+from fnpack.build.budget import (Size, SizedFile, breakdown, budget_limits, check_budget, inflate, parse_size,
+                                 size_of)
 from fnpack.build.globs import matches
 from fnpack.build.interpreters import compile_tree, find_python
 from fnpack.build.model_check import check_model
@@ -24,7 +27,7 @@ from fnpack.build.smoke import smoke_run
 from fnpack.build.user_code import check_callable
 from fnpack.build.vendor import Layer, requirement_names, tree_entries, vendor
 from fnpack.build.zipwriter import ZipEntry, compress, write_zip
-from fnpack.errors import OutputError, SpecError
+from fnpack.errors import OutputError, SpecError, UsageError
 from fnpack.spec import SPEC_FILE, Project, load_project
 
 HANDLER_MODULE = "fnpack_handler"
@@ -62,11 +65,14 @@ class BuildResult:
 
 
 def build(path: Path | str = ".", target: str = "local", out: Path | str | None = None,
-          max_size: int | None = None, progress: Progress = lambda _: None) -> BuildResult:
+          max_size: int | str | Size | None = None, progress: Progress = lambda _: None) -> BuildResult:
+    """max_size: the zipped limit, as text ("45MB": the over-budget report is then in MB) or in bytes."""
     started = time.perf_counter()
+    limit = _max_size(max_size)
     project = load_project(path)
     spec = project.spec
-    profile = _with_overrides(load_profile(target, spec.runtime, spec.arch), project, max_size)
+    profile = _with_overrides(load_profile(target, spec.runtime, spec.arch), project,
+                              limit.bytes if limit else None)
     out_dir = Path(out) if out else project.root / "dist"
     _check_writable(out_dir)
 
@@ -94,7 +100,12 @@ def build(path: Path | str = ".", target: str = "local", out: Path | str | None 
         sized = [p.sized() for p in files]
         unzipped = sum(e.size for e in entries)
         zipped = _zip_size(entries)
-        upload, budget_notes = check_budget(profile.budget, zipped, unzipped, sized, spec.model)
+        by_name = {e.name: e for e in entries}
+        upload, budget_notes = check_budget(
+            profile.budget, zipped, unzipped, sized, spec.model, target=profile.target,
+            limits=budget_limits(profile.budget, profile.target, max_size=limit, **_spec_budget(project)),
+            requirements=requirement_names(spec.requirements), base=requirement_names(list(profile.packages)),
+            read=lambda name: inflate(by_name[name].method, by_name[name].payload) if name in by_name else None)
 
         progress("writing the archive")
         handle, staged_name = tempfile.mkstemp(dir=out_dir, prefix=f".{spec.name}-", suffix=".zip.partial")
@@ -119,6 +130,43 @@ def build(path: Path | str = ".", target: str = "local", out: Path | str | None 
         breakdown=breakdown(sized, top=5), notes=notes + budget_notes,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def _max_size(value: int | str | Size | None) -> Size | None:
+    if value is None or isinstance(value, Size):
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise UsageError(f"--max-size {exc}", hint="e.g. --max-size 45MB") from None
+    return size_of(value)  # bytes from a caller: reported in the unit they are a round number of
+
+
+def _spec_budget(project: Project) -> dict[str, Size | None]:
+    """The spec's `budget:` limits with the units they were written in ("0.05GB" is reported in GB), read
+    again from fnpack.yaml (the spec model keeps bytes only); bytes, or a spelling parse_size does not
+    take, are reported in the unit they are a round number of."""
+    budget = project.spec.budget
+    written: dict[str, Any] = {}
+    try:
+        raw = yaml.safe_load(project.spec_path.read_text(encoding="utf-8"))
+        written = (raw.get("budget") or {}) if isinstance(raw, dict) else {}
+    except (OSError, ValueError, yaml.YAMLError):
+        pass
+    sizes: dict[str, Size | None] = {}
+    for measure in ("zipped", "unzipped"):
+        value = getattr(budget, measure)
+        size = size_of(int(value)) if value is not None else None
+        text = written.get(measure) if isinstance(written, dict) else None
+        if value is not None and isinstance(text, str):
+            try:
+                parsed = parse_size(text)
+                size = Size(int(value), parsed.unit, parsed.unit_bytes)
+            except ValueError:
+                pass
+        sizes[f"spec_{measure}"] = size
+    return sizes
 
 
 def _with_overrides(profile: BuildProfile, project: Project, max_size: int | None) -> BuildProfile:
