@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
-from fnpack.cli._app import app, handle_errors, say
+from fnpack.cli._app import app, emit, handle_errors, say
 
 context_app = typer.Typer(help="Named places to deploy to (a platform, an AWS account): list, use, show, set, remove.",
                           no_args_is_help=True)
 app.add_typer(context_app, name="context")
-
-
-def _emit(data: Any) -> None:
-    import json
-
-    sys.stdout.write(json.dumps(data, default=str) + "\n")
 
 
 @context_app.command("list")
@@ -29,7 +23,7 @@ def context_list(as_json: bool = typer.Option(False, "--json", help="Print one J
     with handle_errors(as_json):
         config = Config.load()
     if as_json:
-        _emit({"config": str(config.path), "current": config.current,
+        emit({"config": str(config.path), "current": config.current,
                "contexts": {n: {"target": c.target, **c.shown()} for n, c in sorted(config.contexts.items())}})
         return
     if not config.contexts:
@@ -42,7 +36,7 @@ def context_list(as_json: bool = typer.Option(False, "--json", help="Print one J
 
 
 @context_app.command("use")
-def context_use(name: str = typer.Argument(..., help="The context to make current."),
+def context_use(name: str = typer.Argument(..., metavar="NAME", help="The context to make current."),
                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """Make a context the current one: commands without --target or --context use it."""
     from fnpack.config import Config
@@ -53,13 +47,13 @@ def context_use(name: str = typer.Argument(..., help="The context to make curren
         config.current = name
         config.save()
     if as_json:
-        _emit({"current": name})
+        emit({"current": name})
         return
     say(f"current context: {name}")
 
 
 @context_app.command("show")
-def context_show(name: Optional[str] = typer.Argument(None, help="The context (default: the one in use)."),
+def context_show(name: Optional[str] = typer.Argument(None, metavar="CONTEXT", help="The context (default: the one in use)."),
                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """A context's target and settings (tokens masked)."""
     from fnpack.config import Config
@@ -71,7 +65,7 @@ def context_show(name: Optional[str] = typer.Argument(None, help="The context (d
         if context is None:
             raise UsageError("no context is in use", hint="`fnpack context list` shows them; `fnpack context use NAME`")
     if as_json:
-        _emit({"name": context.name, "target": context.target, "current": context.name == config.current,
+        emit({"name": context.name, "target": context.target, "current": context.name == config.current,
                "settings": context.shown()})
         return
     say(f"context  {context.name}{' (current)' if context.name == config.current else ''}")
@@ -82,14 +76,14 @@ def context_show(name: Optional[str] = typer.Argument(None, help="The context (d
 
 @context_app.command("set")
 def context_set(
-    name: str = typer.Argument(..., help="The context to add or change."),
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="local or aws-lambda (needed for a new one)."),
-    url: Optional[str] = typer.Option(None, "--url", help="local: the platform's address."),
-    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="local: the platform's state folder."),
-    region: Optional[str] = typer.Option(None, "--region", help="aws-lambda: the AWS region."),
-    role: Optional[str] = typer.Option(None, "--role", help="aws-lambda: the execution role ARN."),
-    bucket: Optional[str] = typer.Option(None, "--bucket", help="aws-lambda: the artifacts and history bucket."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="aws-lambda: the AWS profile (credentials)."),
+    name: str = typer.Argument(..., metavar="NAME", help="The context to add or change."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", metavar="TARGET", help="local or aws-lambda (needed for a new one)."),
+    url: Optional[str] = typer.Option(None, "--url", metavar="URL", help="local: the platform's address."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", metavar="DIR", help="local: the platform's state folder."),
+    region: Optional[str] = typer.Option(None, "--region", metavar="REGION", help="aws-lambda: the AWS region."),
+    role: Optional[str] = typer.Option(None, "--role", metavar="ARN", help="aws-lambda: the execution role ARN."),
+    bucket: Optional[str] = typer.Option(None, "--bucket", metavar="BUCKET", help="aws-lambda: the artifacts and history bucket."),
+    profile: Optional[str] = typer.Option(None, "--profile", metavar="PROFILE", help="aws-lambda: the AWS profile (credentials)."),
     use: bool = typer.Option(False, "--use", help="Make it the current context too."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -111,13 +105,13 @@ def context_set(
         config.put(context, use=use)
         config.save()
     if as_json:
-        _emit({"name": name, "target": kind, "current": config.current == name, "settings": context.shown()})
+        emit({"name": name, "target": kind, "current": config.current == name, "settings": context.shown()})
         return
     say(f"context {name} ({kind}) saved in {config.path}" + (" and in use" if config.current == name else ""))
 
 
 @context_app.command("remove")
-def context_remove(name: str = typer.Argument(..., help="The context to remove."),
+def context_remove(name: str = typer.Argument(..., metavar="NAME", help="The context to remove."),
                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """Forget a context (nothing deployed is touched)."""
     from fnpack.config import Config
@@ -130,16 +124,16 @@ def context_remove(name: str = typer.Argument(..., help="The context to remove."
             config.current = None
         config.save()
     if as_json:
-        _emit({"removed": name})
+        emit({"removed": name})
         return
     say(f"context {name} removed")
 
 
 @app.command()
 def login(
-    url: str = typer.Argument(..., help="The platform's address, e.g. https://fnpack.example.com."),
-    name: Optional[str] = typer.Option(None, "--name", help="The context to save it as (default: the host)."),
-    token: Optional[str] = typer.Option(None, "--token", help="The control token (prefer --password-stdin: "
+    url: str = typer.Argument(..., metavar="URL", help="The platform's address, e.g. https://fnpack.example.com."),
+    name: Optional[str] = typer.Option(None, "--name", metavar="NAME", help="The context to save it as (default: the host)."),
+    token: Optional[str] = typer.Option(None, "--token", metavar="TOKEN", help="The control token (prefer --password-stdin: "
                                                                "shell history keeps arguments)."),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the token from standard input."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -167,6 +161,6 @@ def login(
         config.put(Context(context_name, "local", {"url": settings.url, "token": secret}), use=True)
         config.save()
     if as_json:
-        _emit({"name": context_name, "url": settings.url, "current": True})
+        emit({"name": context_name, "url": settings.url, "current": True})
         return
     say(f"logged in to {settings.url}; context {context_name} saved in {config.path} and in use")

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from fnpack.cli._app import app, build_progress, err, handle_errors, out, say, say_err
+from fnpack.cli._app import app, build_progress, emit, err, handle_errors, jsonable, out, say, say_err
 
 alias_app = typer.Typer(help="Point aliases at versions, with an optional canary; list them; show their history.",
                         no_args_is_help=True)
@@ -20,35 +20,35 @@ app.add_typer(alias_app, name="alias")
 
 
 def _target_option() -> Any:
-    return typer.Option(None, "--target", "-t", envvar="FNPACK_TARGET", show_default=False,
+    return typer.Option(None, "--target", "-t", metavar="TARGET", envvar="FNPACK_TARGET", show_default=False,
                         help="Where functions live: local or aws-lambda (default: `target:` in fnpack.yaml, else local).")
 
 
 def _region_option() -> Any:
-    return typer.Option(None, "--region", show_default=False,
+    return typer.Option(None, "--region", metavar="REGION", show_default=False,
                         help="aws-lambda: the AWS region (default: FNPACK_LAMBDA_REGION, the spec, AWS_REGION).")
 
 
-def _local_option(field: str, flag: str) -> Any:
+def _local_option(field: str, flag: str, metavar: str) -> Any:
     """An option of the local target's settings; its variable and default are the settings model's."""
     from fnpack.targets.local.settings import LocalSettings
 
     info = LocalSettings.model_fields[field]
     default = f", default {info.default}" if info.default is not None else ""
-    return typer.Option(None, flag, show_default=False,
+    return typer.Option(None, flag, metavar=metavar, show_default=False,
                         help=f"{info.description.rstrip('.')} ({LocalSettings.env_names()[field]}{default}).")
 
 
 def _url_option() -> Any:
-    return _local_option("url", "--url")
+    return _local_option("url", "--url", "URL")
 
 
 def _state_option() -> Any:
-    return _local_option("state_dir", "--state-dir")
+    return _local_option("state_dir", "--state-dir", "DIR")
 
 
 def _invoke_token_option() -> Any:
-    return _local_option("invoke_token", "--invoke-token")
+    return _local_option("invoke_token", "--invoke-token", "TOKEN")
 
 
 def _json_option() -> Any:
@@ -56,7 +56,7 @@ def _json_option() -> Any:
 
 
 def _context_option() -> Any:
-    return typer.Option(None, "--context", show_default=False,
+    return typer.Option(None, "--context", metavar="NAME", show_default=False,
                         help="The context to use (see `fnpack context list`; default: FNPACK_CONTEXT, else the "
                              "current one).")
 
@@ -149,24 +149,6 @@ def _version_number(text: str, what: str = "VERSION") -> int:
     return int(spelled.group(1))
 
 
-def _jsonable(value: Any) -> Any:
-    from dataclasses import asdict, is_dataclass
-
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _emit(data: Any) -> None:
-    """One JSON object on stdout, unwrapped and unhighlighted (safe to pipe into jq)."""
-    sys.stdout.write(json.dumps(_jsonable(data), default=str) + "\n")
-    sys.stdout.flush()
-
-
 def _move_text(move: Any) -> str:
     before = str(move.before) if move.before else "(new)"
     extra = f"  ({move.reason})" if move.reason else ""
@@ -175,12 +157,12 @@ def _move_text(move: Any) -> str:
 
 @app.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; other than loopback needs "
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on; other than loopback needs "
                                                          "--invoke-token."),
-    port: int = typer.Option(8080, "--port", help="Port to listen on."),
-    state_dir: Path = typer.Option(Path(".fnpack"), "--state-dir", envvar="FNPACK_STATE_DIR",
+    port: int = typer.Option(8080, "--port", metavar="N", help="Port to listen on."),
+    state_dir: Path = typer.Option(Path(".fnpack"), "--state-dir", metavar="DIR", envvar="FNPACK_STATE_DIR",
                                    help="The platform's state folder (registry, archives, token, logs)."),
-    invoke_token: Optional[str] = typer.Option(None, "--invoke-token", envvar="FNPACK_INVOKE_TOKEN",
+    invoke_token: Optional[str] = typer.Option(None, "--invoke-token", metavar="TOKEN", envvar="FNPACK_INVOKE_TOKEN",
                                                help="Bearer token invocations must carry."),
 ) -> None:
     """Run the local platform: a gateway serving every deployed function, versions and aliases."""
@@ -218,29 +200,29 @@ def _archive_for(path: Path, target: str, as_json: bool) -> tuple[Path, Any]:
 
 @app.command()
 def deploy(
-    path: Path = typer.Argument(Path("."), help="A function folder (built first) or a built .zip archive."),
-    alias: str = typer.Option("live", "--alias", help="The alias to point at the deployed version."),
+    path: Path = typer.Argument(Path("."), metavar="PATH", help="A function folder (built first) or a built .zip archive."),
+    alias: str = typer.Option("live", "--alias", metavar="ALIAS", help="The alias to point at the deployed version."),
     no_promote: bool = typer.Option(False, "--no-promote", help="Deploy the version; move no alias."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
+    reason: Optional[str] = typer.Option(None, "--reason", metavar="TEXT", help="Why, for the alias history."),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
-    role: Optional[str] = typer.Option(None, "--role", show_default=False,
+    role: Optional[str] = typer.Option(None, "--role", metavar="ARN", show_default=False,
                                        help="aws-lambda: execution role ARN (default: FNPACK_LAMBDA_ROLE, the spec)."),
-    bucket: Optional[str] = typer.Option(None, "--bucket", show_default=False,
+    bucket: Optional[str] = typer.Option(None, "--bucket", metavar="BUCKET", show_default=False,
                                          help="aws-lambda: S3 bucket for big archives and the shared alias history "
                                               "(default: FNPACK_LAMBDA_BUCKET, the spec)."),
-    function_url: Optional[str] = typer.Option(None, "--function-url", show_default=False,
+    function_url: Optional[str] = typer.Option(None, "--function-url", metavar="NONE|AWS_IAM", show_default=False,
                                                help="aws-lambda: give the alias a Function URL with this auth type, "
                                                     "NONE or AWS_IAM (--url is the local platform's address)."),
-    memory: Optional[int] = typer.Option(None, "--memory", show_default=False,
+    memory: Optional[int] = typer.Option(None, "--memory", metavar="MB", show_default=False,
                                          help="aws-lambda: memory in MB (default: the spec's resources.memory)."),
-    timeout: Optional[int] = typer.Option(None, "--timeout", show_default=False,
+    timeout: Optional[int] = typer.Option(None, "--timeout", metavar="SECONDS", show_default=False,
                                           help="aws-lambda: timeout in seconds (default: resources.timeout)."),
-    env: Optional[list[str]] = typer.Option(None, "--env", show_default=False,
+    env: Optional[list[str]] = typer.Option(None, "--env", metavar="KEY=VALUE", show_default=False,
                                             help="aws-lambda: an environment variable KEY=VALUE (repeatable)."),
     as_json: bool = _json_option(),
 ) -> None:
@@ -260,7 +242,7 @@ def deploy(
             plan = remote.plan_deploy(archive, None if no_promote else alias, reason)
             if dry_run:
                 if as_json:
-                    _emit({"dry_run": True, "plan": plan.to_dict()})
+                    emit({"dry_run": True, "plan": plan.to_dict()})
                     return
                 from fnpack.targets.deploy import describe
 
@@ -270,7 +252,7 @@ def deploy(
             result = remote.execute(plan)
             notes = list(getattr(remote, "notes", []))  # e.g. the outcome checked after a dropped connection
     if as_json:
-        _emit({"dry_run": False, "plan": plan.to_dict(), **result.to_dict(),
+        emit({"dry_run": False, "plan": plan.to_dict(), **result.to_dict(),
                "build": {"archive": str(built.archive), "sha256": built.sha256} if built else None,
                **({"notes": notes} if notes else {})})
         return
@@ -307,14 +289,14 @@ def _read_payload(data: Optional[str], file: Optional[Path]) -> Any:
 
 @app.command()
 def invoke(
-    qualifier: str = typer.Argument(..., help="NAME (its live alias), NAME:ALIAS or NAME:VERSION."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="The request: a JSON record or list of records."),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read the request from a JSON file (- : stdin)."),
-    batch: Optional[Path] = typer.Option(None, "--batch", help="Score a JSON Lines file (- : stdin), one request "
+    qualifier: str = typer.Argument(..., metavar="QUALIFIER", help="NAME (its live alias), NAME:ALIAS or NAME:VERSION."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", metavar="JSON", help="The request: a JSON record or list of records."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", metavar="FILE", help="Read the request from a JSON file (- for standard input)."),
+    batch: Optional[Path] = typer.Option(None, "--batch", metavar="FILE", help="Score a JSON Lines file (- for standard input), one request "
                                                                "a line."),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="--batch: where the answers go (JSON Lines; "
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="--batch: where the answers go (JSON Lines; "
                                                                       "default: standard output)."),
-    concurrency: int = typer.Option(8, "--concurrency", "-c", help="--batch: requests in flight at once."),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", metavar="N", help="--batch: requests in flight at once."),
     invoke_token: Optional[str] = _invoke_token_option(),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
@@ -354,7 +336,7 @@ def invoke(
         with _connect(target, url, state_dir, invoke_token, region=region, context=context) as remote:
             answer = remote.invoke(parsed, payload)
     if as_json:
-        _emit({"qualifier": str(parsed), "version": answer.version, "answer": answer.body})
+        emit({"qualifier": str(parsed), "version": answer.version, "answer": answer.body})
     else:
         sys.stdout.write(json.dumps(answer.body, indent=2) + "\n")
 
@@ -387,7 +369,7 @@ def _invoke_batch(qualifier: Any, source: Path, out_path: Optional[Path], concur
         if out_path is None:  # standard output holds the answers: the summary goes beside them
             sys.stderr.write(json.dumps(summary.to_dict(), default=str) + "\n")
         else:
-            _emit(summary.to_dict())
+            emit(summary.to_dict())
         if summary.failed:
             raise typer.Exit(BatchError.exit_code)
         return
@@ -403,7 +385,7 @@ def _invoke_batch(qualifier: Any, source: Path, out_path: Optional[Path], concur
 
 @app.command()
 def describe(
-    name: str = typer.Argument(..., help="The function."),
+    name: str = typer.Argument(..., metavar="NAME", help="The function."),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
@@ -417,7 +399,7 @@ def describe(
         with _connect(target, url, state_dir, region=region, context=context) as remote:
             found = remote.describe(name)
     if as_json:
-        _emit(found)
+        emit(found)
         return
     users = {v.number: sorted(a for a, s in found.aliases.items() if v.number in s.versions) for v in found.versions}
     say(f"function {found.function} on {found.target}")
@@ -458,7 +440,7 @@ def list_functions(
     with handle_errors(as_json), _connect(target, url, state_dir, region=region, context=context) as remote:
         functions = remote.functions()
     if as_json:
-        _emit({"functions": functions})
+        emit({"functions": functions})
         return
     if not functions:
         say("no functions deployed yet (fnpack deploy PATH)")
@@ -471,7 +453,7 @@ def list_functions(
 
 @app.command()
 def versions(
-    name: str = typer.Argument(..., help="The function."),
+    name: str = typer.Argument(..., metavar="NAME", help="The function."),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
@@ -487,7 +469,7 @@ def versions(
             aliases = remote.aliases(name)
     users = {v.number: sorted(a for a, s in aliases.items() if v.number in s.versions) for v in found}
     if as_json:
-        _emit({"function": name, "versions": [{**_jsonable(v), "aliases": users[v.number]} for v in found]})
+        emit({"function": name, "versions": [{**jsonable(v), "aliases": users[v.number]} for v in found]})
         return
     say(f"{'VERSION':<9}{'SHA256':<14}{'TARGET':<12}{'CREATED':<26}{'BY':<24}ALIASES")
     for v in found:
@@ -497,7 +479,7 @@ def versions(
 
 @app.command()
 def delete(
-    qualifier: str = typer.Argument(..., help="NAME (the function, its versions and aliases) or NAME:VERSION."),
+    qualifier: str = typer.Argument(..., metavar="NUMBER", help="NAME (the function, its versions and aliases) or NAME:VERSION."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete a whole function without asking."),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
@@ -520,7 +502,7 @@ def delete(
                 _confirm_delete(remote, parsed.name, as_json)
             deleted = remote.delete(parsed.name, parsed.version)
     if as_json:
-        _emit({"deleted": deleted})
+        emit({"deleted": deleted})
         return
     numbers = ", ".join(f"v{v.number}" for v in deleted)
     say(f"deleted {parsed.name} " + (numbers if parsed.version else f"(all versions: {numbers}, and its aliases)"))
@@ -545,12 +527,12 @@ def _confirm_delete(remote: Any, name: str, as_json: bool) -> None:
 
 @alias_app.command("set")
 def alias_set(
-    name: str = typer.Argument(..., help="The function."),
-    alias: str = typer.Argument(..., help="The alias, e.g. live."),
-    version: str = typer.Argument(..., help="The primary version (3 or v3)."),
-    canary: Optional[str] = typer.Option(None, "--canary", help="A second version that gets --weight of traffic."),
-    weight: Optional[float] = typer.Option(None, "--weight", help="The canary's share of traffic, in [0, 1]."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
+    name: str = typer.Argument(..., metavar="NAME", help="The function."),
+    alias: str = typer.Argument(..., metavar="ALIAS", help="The alias, e.g. live."),
+    version: str = typer.Argument(..., metavar="VERSION", help="The primary version (3 or v3)."),
+    canary: Optional[str] = typer.Option(None, "--canary", metavar="VERSION", help="A second version that gets --weight of traffic."),
+    weight: Optional[float] = typer.Option(None, "--weight", metavar="FRACTION", help="The canary's share of traffic, in [0, 1]."),
+    reason: Optional[str] = typer.Option(None, "--reason", metavar="TEXT", help="Why, for the alias history."),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
@@ -574,14 +556,14 @@ def alias_set(
         with _connect(target, url, state_dir, region=region, context=context) as remote:
             move = remote.set_alias(name, alias, state, reason)
     if as_json:
-        _emit({"function": name, "alias": alias, "move": move})
+        emit({"function": name, "alias": alias, "move": move})
         return
     say(f"{name}:{alias}  {_move_text(move)}")
 
 
 @alias_app.command("list")
 def alias_list(
-    name: str = typer.Argument(..., help="The function."),
+    name: str = typer.Argument(..., metavar="NAME", help="The function."),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
@@ -595,7 +577,7 @@ def alias_list(
         with _connect(target, url, state_dir, region=region, context=context) as remote:
             aliases = remote.aliases(name)
     if as_json:
-        _emit({"function": name, "aliases": aliases})
+        emit({"function": name, "aliases": aliases})
         return
     if not aliases:
         say(f"{name} has no aliases (fnpack alias set {name} live VERSION)")
@@ -607,8 +589,8 @@ def alias_list(
 
 @alias_app.command("history")
 def alias_history(
-    name: str = typer.Argument(..., help="The function."),
-    alias: str = typer.Argument(..., help="The alias."),
+    name: str = typer.Argument(..., metavar="NAME", help="The function."),
+    alias: str = typer.Argument(..., metavar="ALIAS", help="The alias."),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
@@ -622,7 +604,7 @@ def alias_history(
         with _connect(target, url, state_dir, region=region, context=context) as remote:
             history = remote.history(name, alias)
     if as_json:
-        _emit({"function": name, "alias": alias, "history": history})
+        emit({"function": name, "alias": alias, "history": history})
         return
     for index, move in enumerate(history):
         undoes = f"  (rollback of #{move.undoes})" if move.undoes is not None else ""
@@ -631,9 +613,9 @@ def alias_history(
 
 @app.command()
 def rollback(
-    name: str = typer.Argument(..., help="The function."),
-    alias: str = typer.Argument("live", help="The alias to move back."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the alias history."),
+    name: str = typer.Argument(..., metavar="NAME", help="The function."),
+    alias: str = typer.Argument("live", metavar="ALIAS", help="The alias to move back."),
+    reason: Optional[str] = typer.Option(None, "--reason", metavar="TEXT", help="Why, for the alias history."),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
     url: Optional[str] = _url_option(),
@@ -647,18 +629,18 @@ def rollback(
         with _connect(target, url, state_dir, region=region, context=context) as remote:
             move = remote.rollback(name, alias, reason)
     if as_json:
-        _emit({"function": name, "alias": alias, "move": move})
+        emit({"function": name, "alias": alias, "move": move})
         return
     say(f"{name}:{alias} rolled back: {_move_text(move)}")
 
 
 @app.command()
 def logs(
-    name: str = typer.Argument(..., help="The function."),
+    name: str = typer.Argument(..., metavar="BACK", help="The function."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until interrupted."),
-    tail: Optional[int] = typer.Option(None, "--tail", "-n", show_default=False,
+    tail: Optional[int] = typer.Option(None, "--tail", "-n", metavar="N", show_default=False,
                                        help="Start with the last N lines (default: 100, or all with --since)."),
-    since: Optional[str] = typer.Option(None, "--since", show_default=False,
+    since: Optional[str] = typer.Option(None, "--since", metavar="TIME", show_default=False,
                                         help="Only lines from this time on: a duration (30s, 10m, 2h, 1d) or an "
                                              "ISO 8601 time (2026-12-01T10:00:00Z)."),
     target: Optional[str] = _target_option(),
@@ -688,7 +670,7 @@ def logs(
             if keep is not None:
                 chunks = keep(chunks)
             if as_json:
-                _emit({"function": name, "lines": "".join(chunks).splitlines()})
+                emit({"function": name, "lines": "".join(chunks).splitlines()})
                 return
             try:
                 for chunk in chunks:
@@ -748,7 +730,7 @@ class _SinceFilter:
 
 @app.command()
 def up(
-    path: Path = typer.Argument(Path("."), help="The function folder (holding fnpack.yaml)."),
+    path: Path = typer.Argument(Path("."), metavar="PATH", help="The function folder (holding fnpack.yaml)."),
     invoke_token: Optional[str] = _invoke_token_option(),
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
@@ -808,7 +790,7 @@ def up(
     headers = f", headers={{'Authorization': 'Bearer {invoke_token}'}}" if invoke_token else ""
     python = f"import httpx\nprint(httpx.post({invoke_url!r}, json={example!r}{headers}).json())"
     if as_json:
-        _emit({"build": {"archive": str(built.archive), "sha256": built.sha256}, "platform": platform,
+        emit({"build": {"archive": str(built.archive), "sha256": built.sha256}, "platform": platform,
                **result.to_dict(), "samples": answers, "invoke_url": invoke_url, "curl": curl, "python": python})
         return
     say(f"invoke    {invoke_url}\n\n  {curl}\n\n" + "\n".join(f"  {line}" for line in python.splitlines()) +
