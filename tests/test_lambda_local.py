@@ -343,3 +343,26 @@ def test_fnpack_run_as_lambda_through_the_cli(lambda_archive):
     assert result.json()["label"] == "virginica"
     bad = fnpack("run", str(lambda_archive), "--as", "lambda", "--data", "{not json")
     assert bad.code == 2 and "JSON" in bad.stderr
+
+
+def test_a_json_array_invoked_directly_is_a_batch_as_on_invoke(lambda_archive: Path, iris: LocalLambda) -> None:
+    virginica = {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5}
+    records = [SETOSA, virginica, SETOSA]
+    done = fnpack("run", str(lambda_archive), "--as", "lambda", "--data", json.dumps(records))
+    assert done.code == 0, done.stderr
+    answers = done.json()
+    assert [a["label"] for a in answers] == ["setosa", "virginica", "setosa"]  # an array, in the same order
+
+    bad = fnpack("run", str(lambda_archive), "--as", "lambda", "--data", json.dumps([SETOSA, NO_PETAL_WIDTH]))
+    assert bad.code == 1
+    error = bad.json()
+    assert error["errorType"] == "RequestError"
+    assert error["errorMessage"].startswith("record 1:") and "petal_width" in error["errorMessage"]
+
+    # the same answers /invoke gives for the same array, through a Function URL event
+    event = url_event("POST", "/invoke", [("content-type", "application/json")], json.dumps(records).encode())
+    status, body = url_body(iris.invoke(event, timeout=WAIT))
+    assert status == 200 and body == answers
+    direct = iris.invoke(records, timeout=WAIT)
+    assert direct.status == "ok" and direct.payload == answers
+    assert iris.invoke([], timeout=WAIT).payload == []

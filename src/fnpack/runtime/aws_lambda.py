@@ -1,11 +1,17 @@
-"""AWS Lambda entry: HTTP events go through Mangum to the ASGI app; other events are the request itself."""
+"""AWS Lambda entry: HTTP events go through Mangum to the ASGI app; other events are the request itself.
+
+A direct Invoke whose event is a JSON array is a batch, as a JSON array sent to `/invoke` is: the
+answer is an array in the same order, and a bad record fails the whole call naming its index (the
+Lambda function error `/invoke`'s 422 or 500 is over HTTP).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
-from fnpack.runtime.function import Function
+from fnpack.runtime.function import Function, RequestError
 
 _HTTP_EVENT_KEYS = ("requestContext", "httpMethod", "routeKey")
 
@@ -29,4 +35,17 @@ class LambdaHandler:
             # thread's loop (and always on Python 3.14): give it one loop of ours, reused per call.
             asyncio.set_event_loop(self._loop)
             return self._mangum(event, context)
+        if isinstance(event, list):
+            return self.batch(event)
         return self.function(event)  # a direct Invoke: errors surface as Lambda function errors
+
+    def batch(self, records: list[Any]) -> list[Any]:
+        """Answers for a JSON array of records, in one model call when possible (Function.call_many)."""
+        results = self.function.call_many(records)
+        for index, result in enumerate(results):
+            if isinstance(result, RequestError):  # /invoke: a 422 "record N: ..."
+                raise RequestError(f"record {index}: {result}") from result
+            if isinstance(result, Exception):  # /invoke: a 500 naming the exception type
+                logging.getLogger("fnpack.runtime").error("record %d failed", index)
+                raise result
+        return results
