@@ -19,6 +19,7 @@ from fnpack.runtime.oip import (
     datatype_of,
     decode_request,
     encode_response,
+    error_body,
     model_metadata,
     server_metadata,
 )
@@ -477,3 +478,41 @@ def test_spec_example_request_decodes(schemas: dict[str, Any]) -> None:
     request = decode_request(json.dumps(example).encode(), None, model)  # the example's BOOL has shape 3, data 1
     assert request.inputs["input0"].dtype == np.uint32 and request.inputs["input0"].tolist() == [[1, 2], [3, 4]]
     assert request.id == "42" and request.outputs == [{"name": "output0"}]
+
+
+# --- errors, as tritonclient reads them ---------------------------------------------------------------------
+
+class _ErrorResponse:
+    """What tritonclient.http's error decoder reads from a response: the status and the body."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status_code, self._body = status, json.dumps(body).encode()
+
+    def read(self) -> bytes:
+        return self._body
+
+
+def _triton_error(status: int, body: dict[str, Any]) -> Any:
+    from tritonclient.http._utils import _get_error  # what every InferenceServerClient call raises with
+
+    return _get_error(_ErrorResponse(status, body))
+
+
+def test_error_body_puts_the_detail_where_tritonclient_reads_it() -> None:
+    with pytest.raises(RequestError) as caught:
+        decode_request(_json_request([_fp32([1, 2, 3], shape=[1, 3])]), None, IRIS)
+    body = error_body({"error": "unprocessable", "message": str(caught.value)})
+    assert body["kind"] == "unprocessable" and body["message"] == str(caught.value)  # fnpack's fields stay
+    error = _triton_error(422, body)
+    assert error.status() == "422"
+    assert "input 'features'" in error.message() and "expected shape [-1, 4]" in error.message()
+    assert "input 'features'" in str(error)
+
+    crash = error_body({"error": "function_error", "type": "ZeroDivisionError", "message": "division by zero",
+                        "request_id": "ab12"})
+    assert crash["error"] == "ZeroDivisionError: division by zero (request id ab12)"
+    assert crash["type"] == "ZeroDivisionError" and crash["request_id"] == "ab12"
+    big = error_body({"error": "payload_too_large", "message": "the body is over 10 bytes", "hint": "send less"})
+    assert big["error"] == "the body is over 10 bytes (hint: send less)"
+    # before: the kind alone, all tritonclient could show
+    assert _triton_error(422, {"error": "unprocessable", "message": "x"}).message() == "unprocessable"

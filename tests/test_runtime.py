@@ -148,6 +148,31 @@ def test_tritonclient(plain, binary):
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected[1], rtol=1e-6)
 
 
+def test_tritonclient_shows_what_was_wrong(plain):
+    tritonclient = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    client = tritonclient.InferenceServerClient(url=plain.removeprefix("http://"))
+    for binary in (True, False):
+        tensor = tritonclient.InferInput("features", [2, 3], "FP32")
+        tensor.set_data_from_numpy(np.zeros((2, 3), dtype=np.float32), binary_data=binary)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("iris", [tensor])
+        assert caught.value.status() == "422"
+        assert "input 'features'" in caught.value.message() and "expected shape [-1, 4]" in caught.value.message()
+    wrong_type = tritonclient.InferInput("features", [1, 4], "FP64")
+    wrong_type.set_data_from_numpy(np.zeros((1, 4), dtype=np.float64))
+    with pytest.raises(InferenceServerException, match="input 'features': expected datatype FP32, got FP64"):
+        client.infer("iris", [wrong_type])
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_metadata("nope")
+    assert caught.value.status() == "404" and "no model nope" in caught.value.message()
+    # fnpack's own fields are still there; /invoke keeps its {"error": kind, "message"} bodies
+    body = httpx.post(f"{plain}/v2/models/iris/infer", json={"inputs": []}).json()
+    assert body["kind"] == "unprocessable" and body["error"] == body["message"] and "'inputs'" in body["error"]
+    assert httpx.post(f"{plain}/invoke", json={"sepal_length": 1.0}).json()["error"] == "unprocessable"
+
+
 def test_metrics(plain):
     httpx.post(f"{plain}/invoke", json=IRIS[0])
     text = httpx.get(f"{plain}/metrics").text

@@ -84,20 +84,20 @@ class FunctionApp:
         try:
             response = await handler(scope, receive)
         except HTTPError as exc:
-            response, error = json_response(exc.status, exc.body), exc.body["error"]
+            response, error = _failure(scope, exc.status, exc.body), exc.body["error"]
         except RequestError as exc:
-            response, error = json_response(422, {"error": "unprocessable", "message": str(exc)}), "unprocessable"
+            response, error = _failure(scope, 422, {"error": "unprocessable", "message": str(exc)}), "unprocessable"
         except (asyncio.TimeoutError, CallTimedOut):  # CallTimedOut: a batch shared with a timed-out call
             error = "timeout"
-            response = json_response(504, {"error": error, "message":
-                                           f"the request took longer than the function's timeout of "
-                                           f"{self.function.timeout:g} s (resources.timeout)"})
+            response = _failure(scope, 504, {"error": error, "message":
+                                             f"the request took longer than the function's timeout of "
+                                             f"{self.function.timeout:g} s (resources.timeout)"})
         except Exception as exc:  # user code crashed: answer 500, keep serving
             request_id = os.urandom(8).hex()
             log.exception("request %s failed", request_id)
             error = "function_error"
-            response = json_response(500, {"error": error, "type": type(exc).__name__, "message": str(exc),
-                                           "request_id": request_id})
+            response = _failure(scope, 500, {"error": error, "type": type(exc).__name__, "message": str(exc),
+                                             "request_id": request_id})
         await _send(send, response)
         if route != "/metrics":
             self.metrics.record(route, response.status, time.perf_counter() - started, error)
@@ -229,6 +229,14 @@ class FunctionApp:
         except TimeoutError:
             self.executor.overran(self.function.timeout)  # the thread goes on: stop it, or retire
             raise
+
+
+def _failure(scope: Scope, status: int, body: dict[str, Any]) -> Response:
+    """An error answer; on the Open Inference Protocol's routes with the detail in `error`, where its
+    clients read it."""
+    if scope["path"].startswith("/v2"):
+        body = oip.error_body(body)
+    return json_response(status, body)
 
 
 def _record_error(index: int, exc: Exception) -> Exception:

@@ -353,6 +353,32 @@ def _tensors_metadata(tensors: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for t in tensors if _datatype_or_none(t["dtype"]) is not None]
 
 
+EXTENSIONS = ("binary_tensor_data",)  # what this codec speaks; the platform's gateway reports the same
+
+
 def server_metadata(extensions: list[str]) -> dict[str, Any]:
-    names = list(dict.fromkeys([*extensions, "binary_tensor_data"]))
+    names = list(dict.fromkeys([*extensions, *EXTENSIONS]))
     return {"name": "fnpack", "version": __version__, "extensions": names}
+
+
+# --- errors -----------------------------------------------------------------------------------------------------
+
+def error_body(body: dict[str, Any]) -> dict[str, Any]:
+    """An fnpack error body (`{"error": kind, "message": ..., ...}`) as Open Inference Protocol clients read it.
+
+    `error` holds the human detail: KServe answers `{"error": "..."}`, and tritonclient's
+    InferenceServerException takes its message from that field (without it, a client shows only the status).
+    fnpack's own fields stay: `message`, the rest as they were, and the kind under `kind`.
+    """
+    rest = dict(body)
+    kind, message = rest.pop("error", None), str(rest.pop("message", "") or "")
+    detail = message or str(kind or "error")
+    if rest.get("type"):  # an exception in user code: say which
+        detail = f"{rest['type']}: {detail}"
+    if rest.get("expected"):
+        detail += f"; expected {rest['expected']}"
+    if rest.get("hint"):
+        detail += f" (hint: {rest['hint']})"
+    if rest.get("request_id"):
+        detail += f" (request id {rest['request_id']})"
+    return {"error": detail, "kind": kind, "message": message, **rest}
