@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -51,6 +53,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 MAX_ARCHIVE = 2 << 30
+OIP_EXTENSIONS = ("binary_tensor_data",)  # = fnpack.runtime.oip.EXTENSIONS (a test holds them equal)
 STOP_GRACE = float(os.environ.get("FNPACK_STOP_GRACE", "4"))  # seconds requests get after SIGTERM
 MAX_BODY = int(os.environ.get("FNPACK_MAX_BODY", 6 * 1024 * 1024))
 STATUS = {"usage": 400, "spec": 422, "archive": 422, "not-found": 404, "conflict": 409, "start": 503,
@@ -120,9 +123,13 @@ def control_api(platform: LocalPlatform, token: str) -> FastAPI:
         message = (f"no route {request.method} {request.url.path}" if exc.status_code == 404 else
                    f"{request.method} is not allowed on {request.url.path}" if exc.status_code == 405 else
                    str(exc.detail))
-        return JSONResponse({"error": "not-found" if exc.status_code == 404 else "usage", "message": message,
-                             "hint": "the control API is under /api/v1; invocations are POST /function/NAME",
-                             "exit_code": 12 if exc.status_code == 404 else 2}, status_code=exc.status_code)
+        body = {"error": "not-found" if exc.status_code == 404 else "usage", "message": message,
+                "hint": "the control API is under /api/v1; invocations are POST /function/NAME",
+                "exit_code": 12 if exc.status_code == 404 else 2}
+        if request.url.path == "/v2" or request.url.path.startswith("/v2/"):  # an inference protocol client's
+            body = oip_error({**body, "hint": "the Open Inference Protocol routes are /v2, /v2/health/{live,ready} "
+                                              "and /v2/models/NAME[/versions/V][/ready|/infer]"})
+        return JSONResponse(body, status_code=exc.status_code)
 
     @api.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> Response:
@@ -157,7 +164,9 @@ def control_api(platform: LocalPlatform, token: str) -> FastAPI:
 
     @api.get("/v2")
     async def v2_metadata() -> dict[str, Any]:
-        return {"name": "fnpack", "version": __version__, "extensions": []}
+        # What a client gets through the gateway: the workers' own (runtime/oip.py's EXTENSIONS), since
+        # /v2/models/... is forwarded to them as sent, binary tensors included.
+        return {"name": "fnpack", "version": __version__, "extensions": list(OIP_EXTENSIONS)}
 
     @api.get("/metrics")
     async def metrics() -> Response:
@@ -309,42 +318,74 @@ async def _follow(path: Path, lines: int) -> AsyncIterator[bytes]:
 
 
 class Gateway:
-    """The ASGI app: invocations take the short path, everything else goes to the control API."""
+    """The ASGI app: invocations take the short path, everything else goes to the control API.
 
-    def __init__(self, platform: LocalPlatform, token: str, invoke_token: str | None) -> None:
+    With an access log, each request ends with one line of it (`AccessLog.line`): the invocation
+    paths return their status and the version that answered, so the hot path gains no wrapper.
+    """
+
+    def __init__(self, platform: LocalPlatform, token: str, invoke_token: str | None,
+                 access_log: AccessLog | None = None) -> None:
         self.platform = platform
         self.invoke_token = invoke_token
         self.control = control_api(platform, token)
+        self.access_log = access_log
         self._qualifiers: dict[str, Qualifier] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path: str = scope["path"]
+        if scope["type"] != "http":
+            return await self.control(scope, receive, send)
+        log = self.access_log
+        began = time.perf_counter() if log is not None else 0.0
+        path: str = scope["path"]
+        try:
             if path.startswith("/function/"):
-                return await self._invoke(scope, receive, send, path[10:])
-            if path.startswith("/v2/models/"):
-                return await self._oip(scope, receive, send, path[11:])
-            if path in _NEEDS_INVOKE_TOKEN and not self._may_invoke(scope):
-                return await _send_unauthorized(send)
-        await self.control(scope, receive, send)
+                status, pool = await self._invoke(scope, receive, send, path[10:])
+            elif path.startswith("/v2/models/"):
+                status, pool = await self._oip(scope, receive, send, path[11:])
+            elif path in _NEEDS_INVOKE_TOKEN and not self._may_invoke(scope):
+                status, pool = await _send_unauthorized(send, False), None
+            elif log is None:
+                return await self.control(scope, receive, send)
+            else:
+                status, pool = await self._control_logged(scope, receive, send), None
+        except Exception:  # uvicorn logs the traceback (and answers 500 if nothing was sent yet)
+            if log is not None:
+                log.line(scope, 500, None, began)
+            raise
+        if log is not None:
+            log.line(scope, status, pool, began)
+
+    async def _control_logged(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """The control API, noting the status it answers (control calls are not the hot path)."""
+        seen = [0]
+
+        async def noting(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                seen[0] = message["status"]
+            await send(message)
+
+        await self.control(scope, receive, noting)
+        return seen[0]
 
     def _may_invoke(self, scope: Scope) -> bool:
         return not self.invoke_token or auth.bearer_matches(_header(scope, b"authorization"), self.invoke_token)
 
-    async def _invoke(self, scope: Scope, receive: Receive, send: Send, target: str) -> None:
+    async def _invoke(self, scope: Scope, receive: Receive, send: Send, target: str) -> tuple[int, Any]:
         if scope["method"] != "POST":
-            return await _send_error(send, 405, "method_not_allowed", f"{scope['method']} is not allowed; use POST")
+            return await _send_error(send, 405, "method_not_allowed", f"{scope['method']} is not allowed; use POST",
+                                     oip=False), None
         qualifier = self._qualifiers.get(target)
         if qualifier is None:
             try:
                 qualifier = Qualifier.parse(unquote(target))
             except UsageError as exc:
-                return await _send(send, 400, error_body(exc))
+                return await _send_fnpack_error(send, exc, False), None
             if len(self._qualifiers) < 10_000:  # parsed once per distinct target, not per request
                 self._qualifiers[target] = qualifier
-        await self._forward(scope, receive, send, qualifier, b"/invoke", _invoke_path)
+        return await self._forward(scope, receive, send, qualifier, b"/invoke", _invoke_path, False)
 
-    async def _oip(self, scope: Scope, receive: Receive, send: Send, rest: str) -> None:
+    async def _oip(self, scope: Scope, receive: Receive, send: Send, rest: str) -> tuple[int, Any]:
         parts = rest.rstrip("/").split("/")
         name, tail = parts[0], parts[1:]
         chosen = None
@@ -353,7 +394,7 @@ class Gateway:
         try:
             qualifier = Qualifier.parse(f"{unquote(name)}:{unquote(chosen)}" if chosen else unquote(name))
         except UsageError as exc:
-            return await _send(send, 400, error_body(exc))
+            return await _send_fnpack_error(send, exc, True), None
         # Encoded again: uvicorn decodes the path, and a decoded space or CRLF in the worker's request
         # line would let a client smuggle a second request onto a pooled worker connection.
         suffix = "".join("/" + quote(part, safe="") for part in tail)
@@ -361,24 +402,29 @@ class Gateway:
         def worker_path(number: int) -> bytes:
             return f"/v2/models/{qualifier.name}/versions/{number}{suffix}".encode()
 
-        await self._forward(scope, receive, send, qualifier, None, worker_path)
+        return await self._forward(scope, receive, send, qualifier, None, worker_path, True)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, qualifier: Qualifier,
-                       fixed_path: bytes | None, worker_path: Callable[[int], bytes]) -> None:
+                       fixed_path: bytes | None, worker_path: Callable[[int], bytes], oip: bool) -> tuple[int, Any]:
+        """Forward to a worker of the version `qualifier` resolves to: (status answered, its pool or None).
+
+        `oip`: an Open Inference Protocol route, whose errors carry their detail in `error` (what its
+        clients show); a worker's own answers, errors included, come through unchanged."""
         began = time.perf_counter()
         if not self._may_invoke(scope):
-            return await _send_unauthorized(send)
+            return await _send_unauthorized(send, oip), None
         try:
             body = await _read_body(receive, MAX_BODY)
         except _ClientGone:
-            return
+            return 499, None  # nginx's "client closed request": nothing was sent
         if body is None:
-            return await _send_error(send, 413, "payload_too_large", f"the request body is over {MAX_BODY} bytes")
+            return await _send_error(send, 413, "payload_too_large", f"the request body is over {MAX_BODY} bytes",
+                                     oip=oip), None
         platform = self.platform
         try:
             route = platform.route(qualifier)
         except FnpackError as exc:
-            return await _send(send, status_of(exc), error_body(exc))
+            return await _send_fnpack_error(send, exc, oip), None
         pool = route.pool
         headers = end_to_end(scope["headers"], _NOT_FORWARDED)
         query = scope.get("query_string") or b""
@@ -391,10 +437,12 @@ class Gateway:
             status, payload = response.status, response.body
             extra = end_to_end(response.headers)
         except (WorkerLost, UpstreamTimeout, StartError) as exc:
-            status, payload, extra = status_of(exc), error_body(exc), [(b"content-type", b"application/json")]
+            status, payload = status_of(exc), _error_json(exc.to_dict(), oip)
+            extra = [(b"content-type", b"application/json")]
         extra += [(b"x-fnpack-function", pool.function.encode()), (b"x-fnpack-version", str(pool.number).encode())]
         await _send(send, status, payload, extra)
         platform.metrics.observe(pool.function, str(pool.number), route.alias, status, time.perf_counter() - began)
+        return status, pool
 
 
 # What the functions' names and traffic can be read from is for those who may invoke them.
@@ -433,30 +481,186 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> int:
     headers = headers if headers is not None else [(b"content-type", b"application/json")]
     await send({"type": "http.response.start", "status": status,
                 "headers": [*headers, (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+    return status
+
+
+def oip_error(body: dict[str, Any]) -> dict[str, Any]:
+    """An error body as Open Inference Protocol clients read it: the human detail in `error` (KServe
+    answers `{"error": "..."}`; tritonclient raises InferenceServerException with that field), fnpack's
+    own fields kept, the kind under `kind`. The runtime's `oip.error_body` does the same for workers
+    (not imported here: it imports numpy)."""
+    rest = dict(body)
+    kind, message = rest.pop("error", None), str(rest.pop("message", "") or "")
+    detail = message or str(kind or "error")
+    if rest.get("hint"):
+        detail += f" (hint: {rest['hint']})"
+    return {"error": detail, "kind": kind, "message": message, **rest}
+
+
+def _error_json(body: dict[str, Any], oip: bool) -> bytes:
+    return json.dumps(oip_error(body) if oip else body).encode()
+
+
+async def _send_fnpack_error(send: Send, exc: FnpackError, oip: bool) -> int:
+    return await _send(send, status_of(exc), _error_json(exc.to_dict(), oip))
 
 
 async def _send_error(send: Send, status: int, error: str, message: str,
-                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = json.dumps({"error": error, "message": message}).encode()
-    await _send(send, status, body, [(b"content-type", b"application/json"), *(headers or [])])
+                      headers: list[tuple[bytes, bytes]] | None = None, oip: bool = False) -> int:
+    body = _error_json({"error": error, "message": message}, oip)
+    return await _send(send, status, body, [(b"content-type", b"application/json"), *(headers or [])])
 
 
-async def _send_unauthorized(send: Send) -> None:
-    await _send_error(send, 401, "unauthorized", "missing or wrong invoke token", [(b"www-authenticate", b"Bearer")])
+async def _send_unauthorized(send: Send, oip: bool) -> int:
+    return await _send_error(send, 401, "unauthorized", "missing or wrong invoke token",
+                             [(b"www-authenticate", b"Bearer")], oip=oip)
+
+
+# --- stderr and the access log ------------------------------------------------------------------
+
+
+class StderrWriter:
+    """The gateway's stderr, written by a thread: `put` only queues the text.
+
+    Whatever the process writes to `sys.stderr` (the access log, uvicorn's log, tracebacks) goes
+    through it once `serve` installs it (`install`), so a stderr nobody reads (a full pipe, a paused
+    terminal) stalls this thread only, never the event loop. Past MAX_PENDING unwritten pieces,
+    text is counted instead of kept, and the count is written when stderr takes text again.
+    """
+
+    MAX_PENDING = 20_000
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.dropped = 0
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._installed: Any = None
+        self._thread = threading.Thread(target=self._write, name="fnpack-stderr", daemon=True)
+        self._thread.start()
+
+    def put(self, text: str) -> None:
+        if self._queue.qsize() >= self.MAX_PENDING:
+            self.dropped += 1
+            return
+        self._queue.put(text)
+
+    def install(self) -> None:
+        """Make `sys.stderr` this writer's (until `close`)."""
+        self._installed = sys.stderr
+        sys.stderr = _QueuedStream(self, self.stream)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Write what is queued (waiting at most `timeout` s for stderr), then stop the thread."""
+        if self._installed is not None:
+            sys.stderr, self._installed = self._installed, None
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _write(self) -> None:
+        written_dropped = 0
+        while True:
+            pieces = [self._queue.get()]
+            while True:  # everything queued meanwhile, in one write
+                try:
+                    pieces.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            done = None in pieces
+            text = "".join(piece for piece in pieces if piece is not None)
+            if self.dropped != written_dropped:
+                text += f"fnpack serve: {self.dropped - written_dropped} log line(s) dropped: stderr was not read\n"
+                written_dropped = self.dropped
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed: nothing left to tell
+                return
+            if done:
+                return
+
+
+class _QueuedStream(io.TextIOBase):
+    """`sys.stderr` while the gateway serves: writes are queued to a StderrWriter."""
+
+    def __init__(self, writer: StderrWriter, real: Any) -> None:
+        self._writer, self._real = writer, real
+
+    def write(self, text: str) -> int:
+        self._writer.put(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return self._real.isatty()
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._real, "encoding", "utf-8")
+
+
+class AccessLog:
+    """One line per request, as uvicorn and BentoML print them:
+
+        2026-12-01 09:31:18.123 127.0.0.1:50532 POST /function/iris 200 1.8ms iris v2
+
+    (time, client, method, path as sent, status, duration, the function and version that answered or
+    "-"). The request only formats the line and queues it on the StderrWriter.
+    """
+
+    def __init__(self, writer: StderrWriter) -> None:
+        self.put = writer.put
+        self._second = -1
+        self._stamp = ""
+
+    def line(self, scope: Scope, status: int, pool: Any, began: float) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # strftime once a second, not per request
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        client = scope.get("client")
+        raw = scope.get("raw_path") or scope["path"].encode()
+        path = raw.decode("latin-1")
+        if not (raw.isascii() and path.isprintable()) or " " in path:  # never a forged line or a terminal escape
+            path = quote(raw, safe="/:@!$&'()*+,;=-._~%")
+        answered = f"{pool.function} v{pool.number}" if pool is not None else "-"
+        self.put(f"{self._stamp}.{int(now * 1000) % 1000:03d} {client[0] if client else '-'}:"
+                 f"{client[1] if client else '-'} {scope['method']} {path} {status} "
+                 f"{(time.perf_counter() - began) * 1000:.1f}ms {answered}\n")
 
 
 # --- `fnpack serve` ------------------------------------------------------------------------------
 
 
-def serve(host: str, port: int, state_dir: Path, invoke_token: str | None = None) -> None:
-    """Run the platform until interrupted (blocking)."""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DETACHED_ENV = "FNPACK_SERVE_DETACHED"  # set by `fnpack up` (launch.py) for the platform it starts in the background
+
+
+def serve(host: str, port: int, state_dir: Path, invoke_token: str | None = None, log_level: str = "info") -> None:
+    """Run the platform until interrupted (blocking).
+
+    `log_level`: `debug` and `info` print the start lines and one access log line per request
+    (`debug` adds uvicorn's own log); `warning` prints the start lines and warnings only; `error`
+    only the warnings about guarantees this machine cannot give (those always print) and errors.
+    """
     import uvicorn
 
+    if log_level not in LOG_LEVELS:
+        raise UsageError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}",
+                         hint="warning silences the access log")
+    detached = os.environ.pop(DETACHED_ENV, None) is not None  # popped: workers must not inherit it
     auth.check_exposure(host, invoke_token)
     state_dir = Path(state_dir)
     try:
@@ -470,32 +674,48 @@ def serve(host: str, port: int, state_dir: Path, invoke_token: str | None = None
     # Each function has a folder of its own in it (isolation.py): the top one is only traversed.
     run_dir = Path(tempfile.mkdtemp(prefix="fnpack-"))
     memory = MemoryLimits.detect()
+    stderr = None
     try:
         isolation = Isolation(run_dir, state_dir)
         if isolation.separate_users:
             run_dir.chmod(0o711)
-        gateway = Gateway(LocalPlatform(state_dir.resolve(), run_dir, isolation, memory), token, invoke_token)
         sock = _listen(host, port)
-        _announce(host, port, state_dir, isolation, memory)
+        _announce(host, port, state_dir, isolation, memory, log_level, detached)
+        stderr = StderrWriter()
+        stderr.install()  # before uvicorn's logging takes sys.stderr: nothing it writes can stall the loop
+        gateway = Gateway(LocalPlatform(state_dir.resolve(), run_dir, isolation, memory), token, invoke_token,
+                          AccessLog(stderr) if log_level in ("debug", "info") else None)
         from fnpack.http_server import make_config
 
-        config = make_config(gateway, timeout_keep_alive=30)
+        config = make_config(gateway, timeout_keep_alive=30, **({"log_level": "debug"} if log_level == "debug" else {}))
         server = uvicorn.Server(config)
         _stop_in_time(server, run_dir)
         server.run(sockets=[sock])
     except _Terminated:  # uvicorn stopped and re-raised SIGTERM: clean up (finally), then exit as SIGTERM's
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
+        if stderr is not None:
+            stderr.close()
         shutil.rmtree(run_dir, ignore_errors=True)
         memory.close()
         lock.close()
 
 
-def _announce(host: str, port: int, state_dir: Path, isolation: Isolation, memory: MemoryLimits) -> None:
-    """Where the platform listens, how functions are kept apart here, and what cannot be guaranteed."""
-    users = "a user of its own per function" if isolation.separate_users else "the platform's own user"
-    print(f"fnpack serve: listening on http://{host}:{port}, state in {state_dir}; functions run as {users}, "
-          f"memory limits by {memory.kind}; Ctrl-C or SIGTERM stops it", file=sys.stderr, flush=True)
+def _announce(host: str, port: int, state_dir: Path, isolation: Isolation, memory: MemoryLimits,
+              log_level: str = "info", detached: bool = False) -> None:
+    """Where the platform listens, its state folder, how to stop it, how functions are kept apart here,
+    and what cannot be guaranteed (those `warning:` lines print at every log level)."""
+    if log_level != "error":
+        users = "a user of its own per function" if isolation.separate_users else "the platform's own user"
+        state = state_dir.resolve()
+        stop = (f"`fnpack down --state-dir {state}` stops it (or SIGTERM)" if detached else
+                "Ctrl-C (or SIGTERM) stops it; one started in the background by `fnpack up` stops with `fnpack down`")
+        url_host = f"[{host}]" if ":" in host else host
+        access = "one line per request" if log_level in ("debug", "info") else "off (--log-level info turns it on)"
+        for line in (f"listening on http://{url_host}:{port}", f"state folder {state}",
+                     f"functions run as {users}; memory limits by {memory.kind}",
+                     f"access log: {access}", stop):
+            print(f"fnpack serve: {line}", file=sys.stderr, flush=True)
     for limitation in isolation.limitations():
         print(f"warning: {limitation}", file=sys.stderr, flush=True)
 
