@@ -441,7 +441,7 @@ def test_names_with_a_newline_or_foreign_digits_are_refused_by_the_cli(api: Api,
     assert_clean_exit(fnpack("alias", "set", "iris", "live", "²", *where), 2)
     assert_clean_exit(fnpack("invoke", "iris:live\n", "--data", json.dumps(SETOSA), *where), 2)
     assert_clean_exit(fnpack("versions", "iris\n", *where), 2)
-    assert_clean_exit(fnpack("init", "demo\n", cwd=tmp_path), 3, lines=3)
+    assert_clean_exit(fnpack("init", "demo\n", cwd=tmp_path), 2, lines=3)  # bad usage: exit 2
     assert list(tmp_path.iterdir()) == []
     assert set(api.http.get("/api/v1/functions/iris/aliases").json()["aliases"]) == {"live"}
 

@@ -741,7 +741,7 @@ def up(
     It prints the invoke URL, a curl command and a Python snippet using the first sample.
 
     A platform it starts runs in the background: its output goes to STATE_DIR/gateway.log and its
-    process id to STATE_DIR/gateway.pid (stop it with `kill $(cat .fnpack/gateway.pid)`).
+    process id to STATE_DIR/gateway.pid (stop it with `fnpack down`).
     """
     import shlex
 
@@ -797,4 +797,4 @@ def up(
         "\n")
     if platform["started"]:
         say(f"the platform runs in the background (pid {platform['pid']}, log {platform['log']}); "
-            f"stop it with: kill $(cat {platform['pid_file']})")
+            f"stop it with: fnpack down --state-dir {remote.settings.state_dir}")

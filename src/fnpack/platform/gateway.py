@@ -86,8 +86,9 @@ class RollbackBody(BaseModel):
     reason: str | None = None
 
 
-def _version(v: Any, aliases: dict[str, AliasState]) -> dict[str, Any]:
-    return {**asdict(v), "aliases": sorted(a for a, s in aliases.items() if v.number in s.versions)}
+def _version(v: Any, aliases: dict[str, AliasState], target: str = "") -> dict[str, Any]:
+    return {**asdict(v), "target": target or v.target,
+            "aliases": sorted(a for a, s in aliases.items() if v.number in s.versions)}
 
 
 def control_api(platform: LocalPlatform, token: str) -> FastAPI:
@@ -187,7 +188,8 @@ def control_api(platform: LocalPlatform, token: str) -> FastAPI:
         qualifier(name)
         upload = await _receive_upload(request, platform.incoming, platform.state_dir)
         version, created = await platform.deploy(name, upload, who)
-        return JSONResponse({"function": name, "version": _version(version, registry.aliases(name)),
+        return JSONResponse({"function": name, "version": _version(version, registry.aliases(name),
+                                                                    platform.archive_target(version.sha256)),
                              "created": created}, status_code=201 if created else 200)
 
     @api.get("/api/v1/functions/{name}/versions", dependencies=guarded)
@@ -195,7 +197,13 @@ def control_api(platform: LocalPlatform, token: str) -> FastAPI:
         qualifier(name)
         found = registry.versions(name)
         aliases = registry.aliases(name)
-        return {"versions": [_version(v, aliases) for v in found]}
+        return {"versions": [_version(v, aliases, platform.archive_target(v.sha256)) for v in found]}
+
+    @api.get("/api/v1/functions/{name}/status", dependencies=guarded)
+    async def status(name: str) -> dict[str, Any]:
+        qualifier(name)
+        registry.versions(name)  # NotFoundError for unknown functions
+        return platform.describe(name)
 
     @api.delete("/api/v1/functions/{name}", dependencies=guarded)
     async def delete_function(name: str) -> dict[str, Any]:
@@ -224,7 +232,10 @@ def control_api(platform: LocalPlatform, token: str) -> FastAPI:
     @api.get("/api/v1/functions/{name}/aliases/{alias}/history", dependencies=guarded)
     async def history(name: str, alias: str) -> dict[str, Any]:
         qualifier(name, alias)
-        return {"history": [asdict(m) for m in registry.history(name, alias)]}
+        moves = registry.history(name, alias)
+        if not moves:  # never set: the same answer as a rollback of it
+            raise NotFoundError(f"{name} has no alias {alias!r}", hint=f"`fnpack alias list {name}` lists them")
+        return {"history": [asdict(m) for m in moves]}
 
     @api.post("/api/v1/functions/{name}/aliases/{alias}/rollback", dependencies=guarded)
     async def rollback(name: str, alias: str, body: RollbackBody | None = None,
