@@ -53,7 +53,8 @@ def context_use(name: str = typer.Argument(..., metavar="NAME", help="The contex
 
 
 @context_app.command("show")
-def context_show(name: Optional[str] = typer.Argument(None, metavar="CONTEXT", help="The context (default: the one in use)."),
+def context_show(name: Optional[str] = typer.Argument(None, metavar="NAME",
+                                                      help="The context (default: the one in use)."),
                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """A context's target and settings (tokens masked)."""
     from fnpack.config import Config
@@ -77,13 +78,17 @@ def context_show(name: Optional[str] = typer.Argument(None, metavar="CONTEXT", h
 @context_app.command("set")
 def context_set(
     name: str = typer.Argument(..., metavar="NAME", help="The context to add or change."),
-    target: Optional[str] = typer.Option(None, "--target", "-t", metavar="TARGET", help="local or aws-lambda (needed for a new one)."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", metavar="TARGET",
+                                         help="local or aws-lambda (needed for a new one)."),
     url: Optional[str] = typer.Option(None, "--url", metavar="URL", help="local: the platform's address."),
-    state_dir: Optional[Path] = typer.Option(None, "--state-dir", metavar="DIR", help="local: the platform's state folder."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", metavar="DIR",
+                                             help="local: the platform's state folder."),
     region: Optional[str] = typer.Option(None, "--region", metavar="REGION", help="aws-lambda: the AWS region."),
     role: Optional[str] = typer.Option(None, "--role", metavar="ARN", help="aws-lambda: the execution role ARN."),
-    bucket: Optional[str] = typer.Option(None, "--bucket", metavar="BUCKET", help="aws-lambda: the artifacts and history bucket."),
-    profile: Optional[str] = typer.Option(None, "--profile", metavar="PROFILE", help="aws-lambda: the AWS profile (credentials)."),
+    bucket: Optional[str] = typer.Option(None, "--bucket", metavar="BUCKET",
+                                         help="aws-lambda: the artifacts and history bucket."),
+    profile: Optional[str] = typer.Option(None, "--profile", metavar="PROFILE",
+                                          help="aws-lambda: the AWS profile (credentials)."),
     use: bool = typer.Option(False, "--use", help="Make it the current context too."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -132,8 +137,10 @@ def context_remove(name: str = typer.Argument(..., metavar="NAME", help="The con
 @app.command()
 def login(
     url: str = typer.Argument(..., metavar="URL", help="The platform's address, e.g. https://fnpack.example.com."),
-    name: Optional[str] = typer.Option(None, "--name", metavar="NAME", help="The context to save it as (default: the host)."),
-    token: Optional[str] = typer.Option(None, "--token", metavar="TOKEN", help="The control token (prefer --password-stdin: "
+    name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
+                                       help="The context to save it as (default: the host)."),
+    token: Optional[str] = typer.Option(None, "--token", metavar="TOKEN",
+                                        help="The control token (prefer --password-stdin: "
                                                                "shell history keeps arguments)."),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the token from standard input."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

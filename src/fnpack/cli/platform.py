@@ -20,8 +20,9 @@ app.add_typer(alias_app, name="alias")
 
 
 def _target_option() -> Any:
-    return typer.Option(None, "--target", "-t", metavar="TARGET", envvar="FNPACK_TARGET", show_default=False,
-                        help="Where functions live: local or aws-lambda (default: `target:` in fnpack.yaml, else local).")
+    return typer.Option(None, "--target", "-t", metavar="TARGET", envvar="FNPACK_TARGET", show_envvar=False,
+                        show_default=False, help="Where functions live: local or aws-lambda (FNPACK_TARGET; default: "
+                                                 "the context's, or `target:` in fnpack.yaml, else local).")
 
 
 def _region_option() -> Any:
@@ -157,13 +158,15 @@ def _move_text(move: Any) -> str:
 
 @app.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on; other than loopback needs "
-                                                         "--invoke-token."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS",
+                             help="Address to listen on; other than loopback needs --invoke-token."),
     port: int = typer.Option(8080, "--port", metavar="N", help="Port to listen on."),
     state_dir: Path = typer.Option(Path(".fnpack"), "--state-dir", metavar="DIR", envvar="FNPACK_STATE_DIR",
                                    help="The platform's state folder (registry, archives, token, logs)."),
     invoke_token: Optional[str] = typer.Option(None, "--invoke-token", metavar="TOKEN", envvar="FNPACK_INVOKE_TOKEN",
                                                help="Bearer token invocations must carry."),
+    log_level: str = typer.Option("info", "--log-level", metavar="LEVEL",
+                                  help="debug, info, warning or error; warning silences the access log."),
 ) -> None:
     """Run the local platform: a gateway serving every deployed function, versions and aliases."""
     with handle_errors(False):
@@ -173,7 +176,7 @@ def serve(
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
         register_platform(f"http://{shown}:{port}", state_dir)  # so commands run elsewhere find it
         try:
-            run_gateway(host, port, state_dir, invoke_token)
+            run_gateway(host, port, state_dir, invoke_token, log_level=log_level)
         except KeyboardInterrupt:
             pass
 
@@ -200,7 +203,8 @@ def _archive_for(path: Path, target: str, as_json: bool) -> tuple[Path, Any]:
 
 @app.command()
 def deploy(
-    path: Path = typer.Argument(Path("."), metavar="PATH", help="A function folder (built first) or a built .zip archive."),
+    path: Path = typer.Argument(Path("."), metavar="PATH",
+                                help="A function folder (built first) or a built .zip archive."),
     alias: str = typer.Option("live", "--alias", metavar="ALIAS", help="The alias to point at the deployed version."),
     no_promote: bool = typer.Option(False, "--no-promote", help="Deploy the version; move no alias."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
@@ -289,12 +293,17 @@ def _read_payload(data: Optional[str], file: Optional[Path]) -> Any:
 
 @app.command()
 def invoke(
-    qualifier: str = typer.Argument(..., metavar="QUALIFIER", help="NAME (its live alias), NAME:ALIAS or NAME:VERSION."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", metavar="JSON", help="The request: a JSON record or list of records."),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", metavar="FILE", help="Read the request from a JSON file (- for standard input)."),
-    batch: Optional[Path] = typer.Option(None, "--batch", metavar="FILE", help="Score a JSON Lines file (- for standard input), one request "
+    qualifier: str = typer.Argument(..., metavar="QUALIFIER",
+                                    help="NAME (its live alias), NAME:ALIAS or NAME:VERSION."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", metavar="JSON",
+                                       help="The request: a JSON record or list of records."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", metavar="FILE",
+                                        help="Read the request from a JSON file (- for standard input)."),
+    batch: Optional[Path] = typer.Option(None, "--batch", metavar="FILE",
+                                         help="Score a JSON Lines file (- for standard input), one request "
                                                                "a line."),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="--batch: where the answers go (JSON Lines; "
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE",
+                                            help="--batch: where the answers go (JSON Lines; "
                                                                       "default: standard output)."),
     concurrency: int = typer.Option(8, "--concurrency", "-c", metavar="N", help="--batch: requests in flight at once."),
     invoke_token: Optional[str] = _invoke_token_option(),
@@ -479,7 +488,8 @@ def versions(
 
 @app.command()
 def delete(
-    qualifier: str = typer.Argument(..., metavar="NUMBER", help="NAME (the function, its versions and aliases) or NAME:VERSION."),
+    qualifier: str = typer.Argument(..., metavar="QUALIFIER",
+                                    help="NAME (the function, its versions and aliases) or NAME:VERSION."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete a whole function without asking."),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
@@ -530,8 +540,10 @@ def alias_set(
     name: str = typer.Argument(..., metavar="NAME", help="The function."),
     alias: str = typer.Argument(..., metavar="ALIAS", help="The alias, e.g. live."),
     version: str = typer.Argument(..., metavar="VERSION", help="The primary version (3 or v3)."),
-    canary: Optional[str] = typer.Option(None, "--canary", metavar="VERSION", help="A second version that gets --weight of traffic."),
-    weight: Optional[float] = typer.Option(None, "--weight", metavar="FRACTION", help="The canary's share of traffic, in [0, 1]."),
+    canary: Optional[str] = typer.Option(None, "--canary", metavar="VERSION",
+                                         help="A second version that gets --weight of traffic."),
+    weight: Optional[float] = typer.Option(None, "--weight", metavar="FRACTION",
+                                           help="The canary's share of traffic, in [0, 1]."),
     reason: Optional[str] = typer.Option(None, "--reason", metavar="TEXT", help="Why, for the alias history."),
     target: Optional[str] = _target_option(),
     context: Optional[str] = _context_option(),
@@ -636,7 +648,7 @@ def rollback(
 
 @app.command()
 def logs(
-    name: str = typer.Argument(..., metavar="BACK", help="The function."),
+    name: str = typer.Argument(..., metavar="NAME", help="The function."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until interrupted."),
     tail: Optional[int] = typer.Option(None, "--tail", "-n", metavar="N", show_default=False,
                                        help="Start with the last N lines (default: 100, or all with --since)."),
