@@ -21,8 +21,8 @@ app.add_typer(alias_app, name="alias")
 
 def _target_option() -> Any:
     return typer.Option(None, "--target", "-t", metavar="TARGET", envvar="FNPACK_TARGET", show_envvar=False,
-                        show_default=False, help="Where functions live: local or aws-lambda (FNPACK_TARGET; default: "
-                                                 "the context's, or `target:` in fnpack.yaml, else local).")
+                        show_default=False, help="Where functions live: local or aws-lambda (FNPACK_TARGET; "
+                                                 "default: `target:` in fnpack.yaml, else the context's, else local).")
 
 
 def _region_option() -> Any:
