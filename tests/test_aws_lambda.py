@@ -166,64 +166,13 @@ def test_function_url_per_alias(aws: dict[str, str], build: Any) -> None:
     assert f"invoke   {url['FunctionUrl']}" in done.stdout
 
 
-# --- aliases, canary, rollback, shared history ------------------------------------------------------
+# --- aliases: what only Lambda says, and races played by botocore hooks -------------------------------
+# Canaries (RoutingConfig), rollback twice, the history shared between laptops through the function's tag and
+# its S3 object, and refused moves that leave the alias as it was are the contract suite's (tests/targets/,
+# for every target; its aws-lambda harness reads the alias and the history object straight from moto).
 
 
-def test_canary_rollback_twice_and_history_shared_between_laptops(aws: dict[str, str], build: Any,
-                                                                   tmp_path: Path) -> None:
-    name = "iris-canary"
-    for variant in (0, 1):
-        done = cli(aws, "deploy", str(build(name, variant)), "--role", ROLE, "--bucket", BUCKET)
-        assert done.code == 0, done.stderr
-    assert alias_of(aws, name) == ("2", {})
-
-    canary = cli(aws, "alias", "set", name, "live", "2", "--canary", "1", "--weight", "0.25", "--reason", "try v1")
-    assert canary.code == 0, canary.stderr
-    assert alias_of(aws, name) == ("2", {"1": 0.25})
-    assert cli(aws, "alias", "list", name, "--json").json()["aliases"]["live"] == {"primary": 2, "canary": 1,
-                                                                                    "weight": 0.25}
-
-    # Another laptop: another folder, another state dir, no bucket setting: it sees the same history.
-    laptop = tmp_path / "laptop-b"
-    laptop.mkdir()
-    other = {"FNPACK_STATE_DIR": str(laptop / ".fnpack"), "USER": "colleague"}
-    history = cli(aws, "alias", "history", name, "live", "--json", env=other, cwd=laptop)
-    assert history.code == 0, history.stderr
-    moves = history.json()["history"]
-    assert [(m["before"] and m["before"]["primary"], m["after"]["primary"], m["after"]["canary"]) for m in moves] == [
-        (None, 1, None), (1, 2, None), (2, 2, 1)]
-    assert moves[2]["reason"] == "try v1" and "@" in moves[2]["actor"]
-
-    back = cli(aws, "rollback", name, "live", "--json", env=other, cwd=laptop)  # from the other laptop
-    assert back.code == 0, back.stderr
-    assert alias_of(aws, name) == ("2", {})
-    again = cli(aws, "rollback", name, "live", "--reason", "v2 is bad too")
-    assert again.code == 0, again.stderr
-    assert alias_of(aws, name) == ("1", {})
-    moves = cli(aws, "alias", "history", name, "live", "--json").json()["history"]
-    assert [m["undoes"] for m in moves] == [None, None, None, 2, 1]
-    third = cli(aws, "rollback", name, "live")
-    assert third.code == 2 and "nothing to roll back to" in third.stderr
-    assert alias_of(aws, name) == ("1", {})
-
-    raw = client(aws, "s3").get_object(Bucket=BUCKET, Key=f"fnpack/{name}/aliases/live/history.json")
-    assert len(json.loads(raw["Body"].read())["moves"]) == 5
-
-
-def test_alias_errors_leave_the_alias_as_it_was(aws: dict[str, str], build: Any) -> None:
-    name = "iris-alias-errors"
-    assert cli(aws, "deploy", str(build(name)), "--role", ROLE, "--bucket", BUCKET).code == 0
-    before = cli(aws, "alias", "history", name, "live", "--json").json()["history"]
-
-    missing = cli(aws, "alias", "set", name, "live", "7")
-    assert missing.code == 12 and f"{name} has no version 7" in missing.stderr and "v1" in missing.stderr
-    canary_missing = cli(aws, "alias", "set", name, "live", "1", "--canary", "5", "--weight", "0.1")
-    assert canary_missing.code == 12 and "no version 5" in canary_missing.stderr
-    weight = cli(aws, "alias", "set", name, "live", "1", "--canary", "2", "--weight", "1.5")
-    assert weight.code == 2 and "canary weight 1.5 is out of range" in weight.stderr and "[0, 1]" in weight.stderr
-    assert alias_of(aws, name) == ("1", {})
-    assert cli(aws, "alias", "history", name, "live", "--json").json()["history"] == before
-
+def test_rollback_of_an_unknown_function_names_it(aws: dict[str, str]) -> None:
     unknown = cli(aws, "rollback", "no-such-function", "live")
     assert unknown.code == 12 and "no function 'no-such-function'" in unknown.stderr
 
@@ -277,6 +226,40 @@ def test_concurrent_moves_one_wins_and_the_other_changes_nothing(aws: dict[str, 
     assert "RevisionId" in caught.value.message and "left as it was" in caught.value.message
     assert alias_of(aws, name) == ("1", {})
     assert [m.reason for m in mine.history(name, "live")][-1] == "theirs"  # the recorded move was taken out
+
+
+@pytest.mark.xfail(strict=True, reason="src bug: a move that Lambda refuses (stale RevisionId) after another client "
+                   "recorded its own move on top of it stays in the history: move_alias (src/fnpack/targets/history.py) "
+                   "reads the alias before the history, so the other's history write passes the ETag check, and the "
+                   "write-back of the refused move gives up when the history changed since")
+def test_a_refused_move_leaves_no_entry_when_another_was_recorded_on_top(aws: dict[str, str], build: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from fnpack.errors import ConflictError
+    from fnpack.versions import AliasState
+
+    name = "iris-race-late"
+    for variant in (0, 1):
+        assert cli(aws, "deploy", str(build(name, variant)), "--role", ROLE, "--bucket", BUCKET).code == 0
+    mine, theirs = _target(monkeypatch, aws), _target(monkeypatch, aws)
+
+    # I read the alias (v2) and the history, and record my move. Before Lambda moves the alias, they read the
+    # alias (still v2: their move is from the state they saw) and the history (with my move), record theirs on
+    # top of it and move the alias. Then Lambda refuses my UpdateAlias: my RevisionId is stale (played here,
+    # as moto does not check it).
+    class Refused:
+        status_code = 412
+        headers: dict[str, str] = {}
+
+    def they_move_first(**_: Any) -> Any:
+        theirs.set_alias(name, "live", AliasState(1), "theirs")
+        return Refused(), {"Error": {"Code": "PreconditionFailedException",
+                                     "Message": "The Revision Id provided does not match the latest Revision Id."}}
+
+    mine.api.client("lambda").meta.events.register("before-call.lambda.UpdateAlias", they_move_first)
+    with pytest.raises(ConflictError):
+        mine.set_alias(name, "live", AliasState(1, 2, 0.5), "mine")
+    assert alias_of(aws, name) == ("1", {})  # theirs: exactly one move happened
+    assert [m.reason for m in theirs.history(name, "live")] == [None, None, "theirs"]  # today: None, None, mine, theirs
 
 
 # --- deploy errors ------------------------------------------------------------------------------------

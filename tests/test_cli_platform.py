@@ -1,8 +1,9 @@
 """The platform commands end to end: the real CLI against a real `fnpack serve` gateway.
 
-deploy (folder, archive, idempotent, --no-promote, --dry-run), invoke (--data, --file, pinned
-versions, --batch), ls / versions / delete, aliases with a canary, history, rollback, logs, the
-errors that must be clear (bad qualifier, missing token, no gateway) and `fnpack up`.
+deploy (folder, archive, idempotent), invoke (--data, --file, pinned versions, aliases, a canary's
+split, --batch), logs, the errors that must be clear (bad qualifier or canary option, missing token,
+no gateway) and `fnpack up`. What every target does the same (deploy, --no-promote, --dry-run, ls /
+versions / delete, aliases with a canary, history, rollback) is the contract suite's: tests/targets/.
 """
 
 from __future__ import annotations
@@ -93,27 +94,20 @@ def test_deploy_a_folder_then_its_archive_gives_the_same_version(gw, iris):
     assert len(gw.ok("alias", "history", "iris", "live")["history"]) == 1  # no-op redeploys move nothing
 
 
-def test_dry_run_changes_nothing_and_no_promote_leaves_the_alias(gw, iris):
+def test_invocations_follow_the_aliases_deploys_and_canaries_move(gw, iris):
+    # What deploy --no-promote, --alias and a canary do to aliases and versions is the contract suite's
+    # (tests/targets/test_contract.py, for every target); here: that invocations really go there.
     _deploy(gw, iris["a"])
-    plan = _deploy(gw, iris["b"], "--dry-run")
-    assert plan["dry_run"] is True
-    assert [s["action"] for s in plan["plan"]["steps"]] == ["upload", "set-alias"]
-    human = gw("deploy", str(iris["b"]), "--dry-run")
-    assert human.code == 0 and "nothing changed" in human.stdout and "upload" in human.stdout
-    assert [v["number"] for v in gw.ok("versions", "iris")["versions"]] == [1]
-    assert len(gw.ok("alias", "history", "iris", "live")["history"]) == 1
-
-    quiet = _deploy(gw, iris["b"], "--no-promote")
-    assert quiet["created"] is True and quiet["version"]["number"] == 2 and quiet["move"] is None
-    assert quiet["url"] == f"{gw.url}/function/iris:2"
-    assert gw.ok("alias", "list", "iris")["aliases"]["live"] == {"primary": 1, "canary": None, "weight": 0.0}
+    _deploy(gw, iris["b"], "--no-promote")
     assert gw.ok("invoke", "iris", "--data", json.dumps(SETOSA))["version"] == 1
     assert gw.ok("invoke", "iris:2", "--data", json.dumps(SETOSA))["version"] == 2
-
-    staged = _deploy(gw, iris["b"], "--alias", "staging")
-    assert staged["created"] is False and staged["move"]["after"]["primary"] == 2
-    assert staged["url"] == f"{gw.url}/function/iris:staging"
+    _deploy(gw, iris["b"], "--alias", "staging")
     assert gw.ok("invoke", "iris:staging", "--data", json.dumps(SETOSA))["version"] == 2
+    assert gw.ok("invoke", "iris", "--data", json.dumps(SETOSA))["version"] == 1
+
+    gw.ok("alias", "set", "iris", "live", "v1", "--canary", "2", "--weight", "0.5")
+    served = {gw.ok("invoke", "iris", "--data", json.dumps(SETOSA))["version"] for _ in range(6)}
+    assert served == {1, 2}
 
 
 def test_invoke_with_data_file_and_a_pinned_version(gw, iris, tmp_path):
@@ -183,68 +177,6 @@ def test_batch_keeps_order_and_reports_failed_lines(gw, iris, tmp_path):
     assert both.code == 2 and "--out" in both.stderr
 
 
-def test_ls_versions_and_delete_refused_while_aliased(gw, iris):
-    assert gw.ok("ls")["functions"] == []
-    _deploy(gw, iris["a"])
-    _deploy(gw, iris["b"], "--no-promote")
-    (listed,) = gw.ok("ls")["functions"]
-    assert (listed["name"], listed["versions"], listed["latest"]) == ("iris", 2, 2)
-    assert listed["aliases"]["live"]["primary"] == 1
-    human = gw("ls")
-    assert human.code == 0 and "iris" in human.stdout and "live -> v1" in human.stdout
-
-    refused = gw("delete", "iris:1")
-    assert refused.code == 13 and "live" in refused.stderr
-    assert [d["number"] for d in gw.ok("delete", "iris:2")["deleted"]] == [2]
-    assert [v["number"] for v in gw.ok("versions", "iris")["versions"]] == [1]
-    assert gw("delete", "iris:2").code == 12
-
-    gone = gw.ok("delete", "iris")["deleted"]
-    assert [d["number"] for d in gone] == [1]
-    assert gw.ok("ls")["functions"] == []
-    unknown = gw("versions", "iris")
-    assert unknown.code == 12 and "iris" in unknown.stderr
-    as_json = gw("versions", "iris", "--json")
-    assert as_json.code == 12 and as_json.json()["exit_code"] == 12
-
-
-def test_alias_canary_history_and_rollback_twice(gw, iris):
-    _deploy(gw, iris["a"])
-    _deploy(gw, iris["b"], "--no-promote")
-    moved = gw.ok("alias", "set", "iris", "live", "2", "--reason", "try b")["move"]
-    assert moved["before"]["primary"] == 1 and moved["after"]["primary"] == 2 and moved["reason"] == "try b"
-    canary = gw.ok("alias", "set", "iris", "live", "v1", "--canary", "2", "--weight", "0.5")["move"]
-    assert canary["after"] == {"primary": 1, "canary": 2, "weight": 0.5}
-    assert gw.ok("alias", "list", "iris")["aliases"] == {"live": {"primary": 1, "canary": 2, "weight": 0.5}}
-    listed = gw("alias", "list", "iris")
-    assert "v1 + v2 at 50%" in listed.stdout
-
-    served = {gw.ok("invoke", "iris", "--data", json.dumps(SETOSA))["version"] for _ in range(6)}
-    assert served == {1, 2}
-
-    history = gw.ok("alias", "history", "iris", "live")["history"]
-    assert [m["after"]["primary"] for m in history] == [1, 2, 1]
-    assert history[0]["before"] is None and history[2]["after"]["canary"] == 2
-    assert all("@" in m["actor"] for m in history)
-
-    first = gw.ok("rollback", "iris", "live", "--reason", "canary looks bad")["move"]
-    assert first["after"] == {"primary": 2, "canary": None, "weight": 0.0} and first["undoes"] == 2
-    second = gw.ok("rollback", "iris", "live")["move"]
-    assert second["after"]["primary"] == 1 and second["undoes"] == 1
-    third = gw("rollback", "iris", "live")
-    assert third.code == 2 and "nothing to roll back" in third.stderr
-    shown = gw("alias", "history", "iris", "live")
-    assert shown.code == 0 and "rollback of #2" in shown.stdout and "canary looks bad" in shown.stdout
-
-    for args, words in ((("--canary", "2"), "--weight"), (("--weight", "0.1"), "--canary"),
-                        (("--canary", "2", "--weight", "1.5"), "out of range"), (("--canary", "1", "--weight", "0.1"),
-                                                                                "canary is the primary")):
-        bad = gw("alias", "set", "iris", "live", "1", *args)
-        assert bad.code == 2 and words in bad.stderr, bad.stderr
-    assert gw("alias", "set", "iris", "live", "9").code == 12
-    assert len(gw.ok("alias", "history", "iris", "live")["history"]) == 5
-
-
 def test_logs_show_the_functions_output(gw, iris):
     _deploy(gw, iris["a"])
     assert gw("invoke", "iris", "--data", json.dumps({"nope": 1})).code == 1  # a user error is logged
@@ -289,6 +221,19 @@ def test_bad_qualifiers_fail_before_any_request(args, tmp_path):
     assert done.code == 2, done.stderr
     assert "no fnpack platform" not in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.startswith("error:")
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--canary", "2"), "--weight"),
+    (("--weight", "0.1"), "--canary"),
+    (("--canary", "2", "--weight", "1.5"), "out of range"),
+    (("--canary", "1", "--weight", "0.1"), "canary is the primary"),
+])
+def test_bad_canary_options_fail_before_any_request(args, words, tmp_path):
+    env = {"FNPACK_URL": f"http://127.0.0.1:{free_port()}", "FNPACK_STATE_DIR": str(tmp_path), "FNPACK_TOKEN": "t"}
+    done = fnpack("alias", "set", "iris", "live", "1", *args, env=env)  # nothing listens: no request was made
+    assert done.code == 2 and words in done.stderr, done.stderr
+    assert "no fnpack platform" not in done.stderr
 
 
 def test_missing_or_wrong_token_is_a_clear_error(gw, tmp_path):
