@@ -145,7 +145,7 @@ def test_batch_keeps_order_and_reports_failed_lines(gw, iris, tmp_path):
         record, label = species[i % 3]
         lines.append(json.dumps(record))
         expected.append(label)
-    lines[10] = ""                                    # line 11: blank, skipped
+    lines[10] = ""                                    # line 11: blank, answered null in its place
     lines[20] = "{not json"                           # line 21
     lines[30] = json.dumps({"sepal_length": 5.0})     # line 31: refused by the function
     source = tmp_path / "in.jsonl"
@@ -157,9 +157,12 @@ def test_batch_keeps_order_and_reports_failed_lines(gw, iris, tmp_path):
     assert "line 21:" in done.stderr and "line 31:" in done.stderr and "Traceback" not in done.stderr
     assert "59 record(s)" in done.stderr and "2 failed" in done.stderr
     answers = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(answers) == 59
-    input_lines = [n for n in range(1, 61) if n != 11]
+    assert len(answers) == 60  # line N of the output answers line N of the input
+    input_lines = list(range(1, 61))
+    assert answers[10] is None
     for n, answer in zip(input_lines, answers):
+        if n == 11:
+            continue
         if n in (21, 31):
             assert answer["line"] == n and answer["error"]
         else:
@@ -171,10 +174,13 @@ def test_batch_keeps_order_and_reports_failed_lines(gw, iris, tmp_path):
     good.write_text("\n".join(json.dumps(r) for r, _ in species) + "\n\n")
     summary = gw.ok("invoke", "iris:1", "--batch", str(good), "--out", str(out))
     assert (summary["records"], summary["ok"], summary["failed"]) == (3, 3, 0)
-    assert [json.loads(x)["label"] for x in out.read_text().splitlines()] == ["setosa", "versicolor", "virginica"]
+    assert [json.loads(x) and json.loads(x)["label"] for x in out.read_text().splitlines()] == [
+        "setosa", "versicolor", "virginica", None]  # the file's last line is blank
 
-    both = gw("invoke", "iris", "--batch", str(good))
-    assert both.code == 2 and "--out" in both.stderr
+    to_stdout = gw("invoke", "iris", "--batch", str(good))  # no --out: JSON Lines on stdout, the summary on stderr
+    assert to_stdout.code == 0 and len(to_stdout.stdout.splitlines()) == 4 and "3 ok" in to_stdout.stderr
+    alone = gw("invoke", "iris", "--out", str(out), "--data", "{}")
+    assert alone.code == 2 and "--out goes with --batch" in alone.stderr
 
 
 def test_logs_show_the_functions_output(gw, iris):
@@ -269,7 +275,7 @@ def test_no_gateway_is_a_clear_error(tmp_path):
     assert done.code == 11
     assert f"no fnpack platform at {url}" in done.stderr and "fnpack serve" in done.stderr
     as_json = fnpack("invoke", "iris", "--data", "{}", "--json", env=env)
-    assert as_json.code == 11 and as_json.json()["error"] == "start"
+    assert as_json.code == 11 and json.loads(as_json.stderr)["error"] == "start"
     other = fnpack("ls", "--target", "knative", env=env)
     assert other.code == 2 and "not available yet" in other.stderr
 
