@@ -195,7 +195,7 @@ def test_concurrent_moves_one_wins_and_the_other_changes_nothing(aws: dict[str, 
         assert cli(aws, "deploy", str(build(name, variant)), "--role", ROLE, "--bucket", BUCKET).code == 0
     mine, theirs = _target(monkeypatch, aws), _target(monkeypatch, aws)
 
-    # Their move lands between my reading the history and my writing it.
+    # Their move lands between my reading the alias (after the history) and my writing the history.
     raced: list[bool] = []
 
     def their_move(**_: Any) -> None:
@@ -203,7 +203,7 @@ def test_concurrent_moves_one_wins_and_the_other_changes_nothing(aws: dict[str, 
             raced.append(True)
             theirs.set_alias(name, "live", AliasState(1), "theirs")
 
-    mine.api.client("s3").meta.events.register("after-call.s3.GetObject", their_move)
+    mine.api.client("lambda").meta.events.register("after-call.lambda.GetAlias", their_move)
     with pytest.raises(ConflictError) as caught:
         mine.set_alias(name, "live", AliasState(2), "mine")
     assert "moved by someone else at the same time" in caught.value.message
@@ -228,12 +228,8 @@ def test_concurrent_moves_one_wins_and_the_other_changes_nothing(aws: dict[str, 
     assert [m.reason for m in mine.history(name, "live")][-1] == "theirs"  # the recorded move was taken out
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: a move that Lambda refuses (stale RevisionId) after another client "
-                   "recorded its own move on top of it stays in the history: move_alias (src/fnpack/targets/history.py) "
-                   "reads the alias before the history, so the other's history write passes the ETag check, and the "
-                   "write-back of the refused move gives up when the history changed since")
-def test_a_refused_move_leaves_no_entry_when_another_was_recorded_on_top(aws: dict[str, str], build: Any,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_move_is_recorded_on_top_of_one_not_applied_yet(aws: dict[str, str], build: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from fnpack.errors import ConflictError
     from fnpack.versions import AliasState
 
@@ -242,24 +238,31 @@ def test_a_refused_move_leaves_no_entry_when_another_was_recorded_on_top(aws: di
         assert cli(aws, "deploy", str(build(name, variant)), "--role", ROLE, "--bucket", BUCKET).code == 0
     mine, theirs = _target(monkeypatch, aws), _target(monkeypatch, aws)
 
-    # I read the alias (v2) and the history, and record my move. Before Lambda moves the alias, they read the
-    # alias (still v2: their move is from the state they saw) and the history (with my move), record theirs on
-    # top of it and move the alias. Then Lambda refuses my UpdateAlias: my RevisionId is stale (played here,
-    # as moto does not check it).
+    # I record my move; before Lambda moves the alias, they try theirs (the alias still reads v2), then
+    # Lambda refuses my UpdateAlias (a stale RevisionId, played here: moto does not check it).
     class Refused:
         status_code = 412
         headers: dict[str, str] = {}
 
-    def they_move_first(**_: Any) -> Any:
-        theirs.set_alias(name, "live", AliasState(1), "theirs")
+    refused: list[str] = []
+
+    def they_try_first(**_: Any) -> Any:
+        try:
+            theirs.set_alias(name, "live", AliasState(1), "theirs")
+        except ConflictError as exc:
+            refused.append(exc.message)
         return Refused(), {"Error": {"Code": "PreconditionFailedException",
                                      "Message": "The Revision Id provided does not match the latest Revision Id."}}
 
-    mine.api.client("lambda").meta.events.register("before-call.lambda.UpdateAlias", they_move_first)
+    mine.api.client("lambda").meta.events.register("before-call.lambda.UpdateAlias", they_try_first)
     with pytest.raises(ConflictError):
         mine.set_alias(name, "live", AliasState(1, 2, 0.5), "mine")
-    assert alias_of(aws, name) == ("1", {})  # theirs: exactly one move happened
-    assert [m.reason for m in theirs.history(name, "live")] == [None, None, "theirs"]  # today: None, None, mine, theirs
+    assert refused and "another move is under way" in refused[0]  # theirs did not write on top of mine
+    assert alias_of(aws, name) == ("2", {})  # neither moved it
+    assert [m.reason for m in theirs.history(name, "live")] == [None, None]  # and mine was taken out
+    theirs.set_alias(name, "live", AliasState(1), "theirs, again")  # once nothing is under way, it goes
+    assert alias_of(aws, name) == ("1", {})
+    assert [m.reason for m in theirs.history(name, "live")] == [None, None, "theirs, again"]
 
 
 # --- deploy errors ------------------------------------------------------------------------------------

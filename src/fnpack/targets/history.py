@@ -10,8 +10,10 @@ Two small interfaces, one per concern (as Flagger's router and observer are):
 
 `move_alias` is the protocol, written once:
 
-1. read where the alias points (and its revision) and its history (and its token); refuse a move to a
-   version that does not exist, or one made from a state other than the one the caller saw (`expect`);
+1. read the alias's history (and its token), then where the alias points (and its revision); refuse a
+   move to a version that does not exist, one made from a state other than the one the caller saw
+   (`expect`), and any move while the last recorded one is not applied yet (another move under way: its
+   `after` is not where the alias points, and it is younger than PENDING_WINDOW);
 2. write the history with the move appended, if its token is unchanged: of two concurrent moves exactly
    one gets past this point, the other gets a ConflictError and has changed nothing;
 3. apply the move, if the router's revision is unchanged; if that fails, write the history back as it was
@@ -41,6 +43,8 @@ class Expect(enum.Enum):
 
 
 ANY = Expect.ANY
+# How long a recorded move whose alias does not show it yet counts as under way (a move takes seconds).
+PENDING_WINDOW = 60.0
 
 
 class HistoryStore(ABC):
@@ -86,12 +90,18 @@ def move_alias(store: HistoryStore, router: AliasRouter, function: str, alias: s
         if number not in known:
             raise NotFoundError(f"{function} has no version {number}: alias {alias} was not moved",
                                 hint=f"its versions are: {', '.join(f'v{n}' for n in known) or 'none'}")
+    # The history first, then the alias: a move recorded but not applied yet is then seen for what it is.
+    moves, token = read if read is not None else store.read(function, alias)
     before, revision = router.current(function, alias)
+    if moves and moves[-1].after != before and _recent(moves[-1].at):
+        pending = moves[-1]
+        raise ConflictError(f"{function}:{alias} has a move recorded but not applied yet ({pending.before or '(new)'} "
+                            f"-> {pending.after}, by {pending.actor} at {pending.at}): another move is under way; "
+                            "it was left as it was", hint="try again in a moment")
     if expect is not ANY and before != expect:
         raise ConflictError(f"{function}:{alias} is at {before or '(not set)'}, not at {expect or '(not set)'} as "
                             "expected: someone moved it since it was read; it was left as it was",
                             hint=f"see `fnpack alias history {function} {alias}`, then try again")
-    moves, token = read if read is not None else store.read(function, alias)
     move = AliasMove(before, state, actor, at or now(), reason, undoes)
     written = store.write(function, alias, [*moves, move], token)  # ConflictError: someone else moved it
     try:
@@ -103,6 +113,18 @@ def move_alias(store: HistoryStore, router: AliasRouter, function: str, alias: s
             pass  # someone wrote since; the entry's `before` is the real state, so it stays harmless
         raise
     return move
+
+
+def _recent(at: str) -> bool:
+    """Whether a recorded move is young enough to be still under way (older: it failed, or the alias was
+    moved outside fnpack, and moving on from the alias's real state is right)."""
+    try:
+        when = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - when).total_seconds() < PENDING_WINDOW
 
 
 def rollback_alias(store: HistoryStore, router: AliasRouter, function: str, alias: str, *,
