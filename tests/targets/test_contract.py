@@ -22,7 +22,7 @@ from targets.conftest import Harness
 
 from fnpack.errors import ConflictError, NotFoundError
 from fnpack.targets.base import Target
-from fnpack.versions import AliasState
+from fnpack.versions import AliasState, Qualifier
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -398,3 +398,23 @@ def test_a_dry_run_changes_nothing(harness: Harness) -> None:
 
     assert [(v["number"], v["aliases"]) for v in harness.ok("versions", name)["versions"]] == [(1, ["live"])]
     assert snapshot(harness, target, name) == before
+
+
+def test_describe_shows_urls_versions_with_their_target_and_aliases(harness: Harness) -> None:
+    name = "c-describe"
+    target = harness.target()
+    first, second = harness.archives(name, 2)
+    target.deploy(first)
+    target.deploy(second, alias=None)
+    target.set_alias(name, "live", AliasState(1, 2, 0.1))
+    about = harness.ok("describe", name)
+    assert about["function"] == name and about["target"] == harness.name
+    assert set(about["urls"]) == {f"{name}:live", f"{name}:1", f"{name}:2"}
+    assert about["urls"][f"{name}:live"] == target.invoke_url(Qualifier(name, alias="live"))
+    assert [(v["number"], v["target"], len(v["sha256"])) for v in about["versions"]] == [
+        (1, harness.name, 64), (2, harness.name, 64)]
+    assert about["aliases"] == {"live": {"primary": 1, "canary": 2, "weight": 0.1}}
+    text = harness.cli("describe", name)
+    assert text.code == 0 and "v1 + v2 at 10%" in text.stdout and f"{name}:2" in text.stdout
+    missing = harness.cli("describe", "c-no-such-function")
+    assert missing.code == 12, missing.stdout + missing.stderr
