@@ -119,3 +119,19 @@ def platform_process(state_dir: Path, *extra: str, env: dict[str, str] | None = 
         yield f"http://127.0.0.1:{port}", process
     finally:
         stop(process)
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live (not zombie) processes in session `sid`: what `fnpack up` started, and its children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found

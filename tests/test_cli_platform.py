@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES, CliResult, fnpack
-from servers import free_port, platform
+from servers import free_port, platform, session_processes
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -280,22 +280,6 @@ def test_no_gateway_is_a_clear_error(tmp_path):
     assert other.code == 2 and "not available yet" in other.stderr
 
 
-def _session_processes(sid: int) -> list[int]:
-    """Live (not zombie) processes in session `sid`: what `fnpack up` started, and its children."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def test_up_builds_starts_deploys_and_shows_how_to_call(iris, tmp_path):
     folder = tmp_path / "iris"
     shutil.copytree(iris["folder"], folder, ignore=shutil.ignore_patterns("dist"))
@@ -330,9 +314,9 @@ def test_up_builds_starts_deploys_and_shows_how_to_call(iris, tmp_path):
         if pid is not None:
             os.killpg(pid, signal.SIGTERM)
             deadline = time.monotonic() + 20
-            while _session_processes(pid) and time.monotonic() < deadline:
+            while session_processes(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            left = _session_processes(pid)
+            left = session_processes(pid)
             if left:
                 os.killpg(pid, signal.SIGKILL)
             assert not left, f"processes left after SIGTERM: {left}"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES, CliResult, fnpack
-from servers import alive, free_port, reachable, stop, wait_ready
+from servers import alive, free_port, reachable, session_processes, stop, wait_ready
 
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 WAIT = 30  # seconds: a bound on every wait, far above what any step takes
@@ -183,22 +183,6 @@ def test_the_gateway_speaks_the_inference_protocol_as_its_workers_do(serve: Any,
     assert httpx.post(f"{server.url}/function/nope", json={}).json()["error"] == "not-found"  # unchanged
 
 
-def _session_processes(sid: int) -> list[int]:
-    """Live (not zombie) processes in session `sid`: what `fnpack up` started, and its workers."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def test_up_then_down_stops_the_platform_and_removes_its_pid_file(tmp_path: Path) -> None:
     folder = tmp_path / "iris"
     shutil.copytree(EXAMPLES / "iris", folder, ignore=shutil.ignore_patterns("dist", "__pycache__"))
@@ -212,7 +196,7 @@ def test_up_then_down_stops_the_platform_and_removes_its_pid_file(tmp_path: Path
         pid = int(pid_file.read_text()) if pid_file.is_file() else None
         assert up.code == 0, up.stderr
         assert up.json()["platform"]["pid"] == pid and alive(pid)
-        workers = [p for p in _session_processes(pid) if p != pid]
+        workers = [p for p in session_processes(pid) if p != pid]
         assert workers  # the samples ran: a zygote and a worker at least
         log = (state_dir / "gateway.log").read_text()
         assert f"`fnpack down --state-dir {state_dir.resolve()}` stops it" in log
@@ -226,15 +210,15 @@ def test_up_then_down_stops_the_platform_and_removes_its_pid_file(tmp_path: Path
         assert result["state_dir"] == str(state_dir.resolve()) and result["seconds"] < WAIT
         assert not alive(pid) and not pid_file.exists()
         deadline = time.monotonic() + WAIT
-        while _session_processes(pid) and time.monotonic() < deadline:
+        while session_processes(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _session_processes(pid) == []  # its zygotes and workers went with it
+        assert session_processes(pid) == []  # its zygotes and workers went with it
         assert not _answers(url)
 
         again = fnpack("down", "--state-dir", str(state_dir))
         assert again.code == 11 and "no platform started by `fnpack up`" in again.stderr
     finally:
-        if pid is not None and _session_processes(pid):
+        if pid is not None and session_processes(pid):
             os.killpg(pid, signal.SIGKILL)
 
 
