@@ -337,6 +337,17 @@ def test_over_250_mb_unzipped_is_refused_before_any_api_call(aws: dict[str, str]
     assert not target.api.clients_made  # no client was even made
 
 
+def test_aws_region_is_read_and_an_unreachable_endpoint_is_one_line(aws: dict[str, str]) -> None:
+    # AWS_REGION alone is enough, as for the AWS CLI v2 and the SDKs (boto3 reads only AWS_DEFAULT_REGION).
+    only_aws_region = cli(aws, "versions", "iris-no-such", env={"AWS_DEFAULT_REGION": "", "AWS_REGION": REGION})
+    assert "no AWS region" not in only_aws_region.stderr and only_aws_region.code in (0, 12), only_aws_region.stderr
+    dead = f"http://127.0.0.1:{free_port()}"
+    unreachable = cli(aws, "versions", "iris", env={"AWS_ENDPOINT_URL": dead, "AWS_MAX_ATTEMPTS": "1"})
+    assert unreachable.code == 11 and f"cannot reach AWS at {dead}" in unreachable.stderr
+    assert "AWS_ENDPOINT_URL" in unreachable.stderr and "Traceback" not in unreachable.stderr
+    assert len(unreachable.stderr.strip().splitlines()) == 2  # error: and hint:
+
+
 def test_no_credentials_or_region(aws: dict[str, str], build: Any) -> None:
     anonymous = cli(aws, "versions", "iris", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
     assert anonymous.code == 2 and "no AWS credentials" in anonymous.stderr and "AWS_PROFILE" in anonymous.stderr

@@ -25,7 +25,7 @@ from servers import alive, free_port, reachable, session_processes, stop, wait_r
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 WAIT = 30  # seconds: a bound on every wait, far above what any step takes
 # time, client, method, path, status, duration, the function and version that answered (or -)
-ACCESS = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} 127\.0\.0\.1:\d+ (GET|POST|PUT|DELETE|HEAD) (\S+) "
+ACCESS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z 127\.0\.0\.1:\d+ (GET|POST|PUT|DELETE|HEAD) (\S+) "
                     r"(\d{3}) (\d+\.\d)ms (-|\S+ v\d+)$")
 
 

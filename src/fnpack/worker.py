@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--cache-dir", type=Path, default=default_cache())
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.Formatter.converter = time.gmtime  # UTC, the platform's and the logs' one time format
+    logging.basicConfig(level=logging.INFO, datefmt="%Y-%m-%dT%H:%M:%S",
+                        format="%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s")
     try:
         app = load_app(prepare(args.archive, args.sha256, args.cache_dir))
     except FnpackError as exc:

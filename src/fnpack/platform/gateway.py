@@ -640,14 +640,14 @@ class AccessLog:
         now = time.time()
         second = int(now)
         if second != self._second:  # strftime once a second, not per request
-            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         client = scope.get("client")
         raw = scope.get("raw_path") or scope["path"].encode()
         path = raw.decode("latin-1")
         if not (raw.isascii() and path.isprintable()) or " " in path:  # never a forged line or a terminal escape
             path = quote(raw, safe="/:@!$&'()*+,;=-._~%")
         answered = f"{pool.function} v{pool.number}" if pool is not None else "-"
-        self.put(f"{self._stamp}.{int(now * 1000) % 1000:03d} {client[0] if client else '-'}:"
+        self.put(f"{self._stamp}.{int(now * 1000) % 1000:03d}Z {client[0] if client else '-'}:"
                  f"{client[1] if client else '-'} {scope['method']} {path} {status} "
                  f"{(time.perf_counter() - began) * 1000:.1f}ms {answered}\n")
 

@@ -37,6 +37,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +168,10 @@ def _worker(request: dict[str, Any], control_fd: int) -> None:
                           FNPACK_CONTROL_FD=str(control_fd))
         import logging
 
-        logging.basicConfig(level=logging.INFO, force=True,
-                            format=f"%(asctime)s {request['label']} pid %(process)d %(levelname)s: %(message)s")
+        logging.Formatter.converter = time.gmtime  # one time format in a function's log: UTC, as the platform's
+        logging.basicConfig(level=logging.INFO, force=True, datefmt="%Y-%m-%dT%H:%M:%S",
+                            format=f"%(asctime)s.%(msecs)03dZ {request['label']} pid %(process)d %(levelname)s: "
+                                   "%(message)s")
         from fnpack.errors import FnpackError
         from fnpack.worker import load_app
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fnpack.errors import ConflictError, FnpackError, NotFoundError, UsageError
+from fnpack.errors import ConflictError, FnpackError, NotFoundError, StartError, UsageError
 
 _XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
@@ -63,7 +63,7 @@ def aws_error(exc: BaseException, service: str = "lambda", what: str = "") -> Fn
         return UsageError("no AWS region is set", hint=REGION_HINT)
     if isinstance(exc, (be.EndpointConnectionError, be.ConnectionError)):
         endpoint = getattr(exc, "kwargs", {}).get("endpoint_url", "")
-        return FnpackError(f"cannot reach AWS at {endpoint or 'its endpoint'} ({what or service})",
+        return StartError(f"cannot reach AWS at {endpoint or 'its endpoint'} ({what or service})",
                            hint="check the network and the region; AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_LAMBDA, "
                                 "_S3) overrides the endpoint, e.g. for MinIO or moto")
     if isinstance(exc, be.WaiterError):
