@@ -4,8 +4,9 @@ Each input line is one request (a JSON record, or a list of records) sent throug
 bounded concurrency. The output has one JSON line per input line, in input order, so that line N of
 the output answers line N of the input: the function's answer, `null` for a blank line, or
 `{"error": message, "line": n}` for a record that failed (a line that is not JSON, or a 4xx/5xx
-answer). The input may be standard input (`-`) and the output standard output (None). Input is read lazily and at most a few times `concurrency`
-records are held at once, so a file of any length scores in constant memory.
+answer). The input may be standard input (`-`) and the output standard output (None). Input is
+read lazily and at most a few times `concurrency` records are held at once, so a file of any
+length scores in constant memory.
 
 A failed record does not stop the batch. Errors that would fail every record (no platform at the
 URL, a refused token, an unknown function) stop it at once and raise their own FnpackError.
@@ -70,7 +71,8 @@ def score_file(target: Target, qualifier: Qualifier, source: Path, out: Path | N
         raise UsageError(f"--concurrency {concurrency} is out of range", hint=f"use 1 to {MAX_CONCURRENCY}")
     from_stdin = str(source) == "-"
     if not from_stdin and not source.is_file():
-        raise UsageError(f"{source} does not exist or is not a file", hint="--batch takes a JSON Lines file (- : stdin)")
+        raise UsageError(f"{source} does not exist or is not a file",
+                         hint="--batch takes a JSON Lines file (- for standard input)")
     summary = BatchSummary("<stdin>" if from_stdin else str(source), "<stdout>" if out is None else str(out))
     started = time.perf_counter()
 
@@ -80,11 +82,11 @@ def score_file(target: Target, qualifier: Qualifier, source: Path, out: Path | N
         except InvokeError as exc:  # this record's problem; anything else stops the batch
             return False, exc.message
 
-    def write(line_no: int, future: Future[tuple[bool, Any]], sink: Any) -> None:
-        ok, result = future.result()
-        if line_no < 0:  # a blank line
+    def write(line_no: int, future: Future[tuple[bool, Any]] | None, sink: Any) -> None:
+        if future is None:  # a blank line
             sink.write("null\n")
             return
+        ok, result = future.result()
         summary.records += 1
         if ok:
             summary.ok += 1
@@ -103,16 +105,14 @@ def score_file(target: Target, qualifier: Qualifier, source: Path, out: Path | N
         sink = sys.stdout if out is None else open(out, "w", encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write {out}: {exc.strerror}", hint="choose another --out") from None
-    window: deque[tuple[int, Future[tuple[bool, Any]]]] = deque()
+    window: deque[tuple[int, Future[tuple[bool, Any]] | None]] = deque()
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fnpack-batch")
     try:
         with (contextlib.nullcontext(sink) if out is None else sink,
               contextlib.nullcontext(sys.stdin.buffer) if from_stdin else open(source, "rb") as lines):
             for line_no, raw in enumerate(lines, 1):
                 if not raw.strip():  # answered `null` in its place, in order with the others
-                    future = Future()
-                    future.set_result((True, None))
-                    window.append((-line_no, future))
+                    window.append((line_no, None))
                     continue
                 try:
                     payload = json.loads(raw)
@@ -123,14 +123,15 @@ def score_file(target: Target, qualifier: Qualifier, source: Path, out: Path | N
                     future = pool.submit(call, payload)
                 window.append((line_no, future))
                 # Write finished records in order; block on the oldest once the window is full.
-                while window and (len(window) >= 4 * concurrency or window[0][1].done()):
+                while window and (len(window) >= 4 * concurrency or window[0][1] is None or window[0][1].done()):
                     write(*window.popleft(), sink)
             while window:
                 write(*window.popleft(), sink)
             sink.flush()
     finally:
         for _, pending in window:
-            pending.cancel()
+            if pending is not None:
+                pending.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary

@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel
 
 from fnpack import __version__
-from fnpack.errors import FnpackError, NotFoundError, StartError, UsageError
+from fnpack.errors import FnpackError, StartError, UsageError
 from fnpack.platform import auth
 from fnpack.platform.forward import HOP_BY_HOP, end_to_end
 from fnpack.platform.isolation import Isolation
@@ -232,17 +232,12 @@ def control_api(platform: LocalPlatform, token: str) -> FastAPI:
     @api.get("/api/v1/functions/{name}/aliases/{alias}/history", dependencies=guarded)
     async def history(name: str, alias: str) -> dict[str, Any]:
         qualifier(name, alias)
-        moves = registry.history(name, alias)
-        if not moves:  # never set: the same answer as a rollback of it
-            raise NotFoundError(f"{name} has no alias {alias!r}", hint=f"`fnpack alias list {name}` lists them")
-        return {"history": [asdict(m) for m in moves]}
+        return {"history": [asdict(m) for m in registry.history(name, alias)]}
 
     @api.post("/api/v1/functions/{name}/aliases/{alias}/rollback", dependencies=guarded)
     async def rollback(name: str, alias: str, body: RollbackBody | None = None,
                        who: str = Depends(actor)) -> dict[str, Any]:
         qualifier(name, alias)
-        if not registry.history(name, alias):
-            raise NotFoundError(f"{name} has no alias {alias!r}", hint=f"`fnpack alias list {name}` lists them")
         return {"move": asdict(await platform.rollback(name, alias, who, body.reason if body else None))}
 
     @api.get("/api/v1/functions/{name}/logs", dependencies=guarded)

@@ -270,10 +270,12 @@ class Registry:
         return [row[0] for row in db.execute("SELECT number FROM versions WHERE function = ?", (name,))]
 
     def history(self, name: str, alias: str) -> list[AliasMove]:
+        """Every move of an alias; an alias never set is unknown, as it is to a rollback."""
         with self._transaction() as db:
             history = self._history(db, name, alias)
             if not history:
                 self._versions_exist(db, name)
+                raise NotFoundError(f"{name} has no alias {alias!r}", hint=f"`fnpack alias list {name}` lists them")
             return history
 
     def _history(self, db: sqlite3.Connection, name: str, alias: str) -> list[AliasMove]:
