@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from servers import free_port
+from kube_cluster import kube_cluster  # noqa: F401  (the session's real API server, for every test folder)
 
 REPO = Path(__file__).resolve().parent.parent
 # Functions' user ids are allocated machine-wide (isolation.py): the suite's platforms share a table of their own.
