@@ -29,6 +29,20 @@ class UsageError(FnpackError):
     kind = "usage"
 
 
+class AccessDeniedError(UsageError):
+    """The platform (AWS, Kubernetes) refused an action to these credentials; `permission` names it (e.g.
+    lambda:CreateFunction, patch services.serving.knative.dev)."""
+
+    kind = "access-denied"
+
+    def __init__(self, message: str, hint: str | None = None, permission: str = "") -> None:
+        super().__init__(message, hint)
+        self.permission = permission
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "permission": self.permission}
+
+
 class SpecError(FnpackError):
     """fnpack.yaml is missing, malformed or invalid."""
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fnpack.errors import ConflictError, FnpackError, NotFoundError, StartError, UsageError
+# AccessDeniedError lives in fnpack.errors (the knative target raises it too); imported here so that
+# `from fnpack.targets.aws_lambda.errors import AccessDeniedError` keeps working.
+from fnpack.errors import AccessDeniedError, ConflictError, FnpackError, NotFoundError, StartError, UsageError
 
 _XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
@@ -24,19 +26,6 @@ CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PRO
                     "`aws sso login`); fnpack uses boto3's usual credential chain")
 REGION_HINT = ("pass --region, set FNPACK_LAMBDA_REGION, AWS_REGION or AWS_DEFAULT_REGION, aws_lambda.region in "
                "fnpack.yaml, or a region in the context (fnpack context set NAME --region R)")
-
-
-class AccessDeniedError(UsageError):
-    """AWS refused an action to these credentials; `permission` names it (e.g. lambda:CreateFunction)."""
-
-    kind = "access-denied"
-
-    def __init__(self, message: str, hint: str | None = None, permission: str = "") -> None:
-        super().__init__(message, hint)
-        self.permission = permission
-
-    def to_dict(self) -> dict[str, object]:
-        return {**super().to_dict(), "permission": self.permission}
 
 
 def error_parts(exc: Any) -> tuple[str, str, int]:
