@@ -15,6 +15,7 @@ from pydantic import (BaseModel, ByteSize, ConfigDict, Field, ValidationError, V
 from fnpack.errors import SpecError
 from fnpack.targets.aws_lambda.settings import LambdaSettings
 from fnpack.targets.catalog import TARGETS as DEPLOY_TARGETS
+from fnpack.targets.knative.settings import KnativeSettings
 
 SPEC_FILE = "fnpack.yaml"
 RUNTIMES = ("python3.11", "python3.12")
@@ -57,7 +58,9 @@ class Toleration(_Strict):
 class Resources(_Strict):
     memory: int = Field(default=512, ge=128, le=10240, description="Memory in MB.")
     timeout: float = Field(default=30, gt=0, le=900, description="Request timeout in seconds.")
-    gpu: int = Field(default=0, ge=0, description="GPUs per replica (Knative, OpenFaaS).")
+    cpu: float | None = Field(default=None, gt=0, le=256,
+                              description="CPU cores per replica, requested and the limit (Knative, OpenFaaS).")
+    gpu: int = Field(default=0, ge=0, le=16, description="GPUs per replica (Knative, OpenFaaS).")
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
 
@@ -123,6 +126,7 @@ class FunctionSpec(_Strict):
         default=None, description="Default target of deploy, invoke, alias, ... (--target and FNPACK_TARGET win).")
     aws_lambda: LambdaSettings = Field(default_factory=LambdaSettings,
                                           description="Settings of the aws-lambda target.")
+    knative: KnativeSettings = Field(default_factory=KnativeSettings, description="Settings of the knative target.")
 
     @field_validator("aws_lambda")
     @classmethod

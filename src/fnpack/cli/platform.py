@@ -21,13 +21,24 @@ app.add_typer(alias_app, name="alias")
 
 def _target_option() -> Any:
     return typer.Option(None, "--target", "-t", metavar="TARGET", envvar="FNPACK_TARGET", show_envvar=False,
-                        show_default=False, help="Where functions live: local or aws-lambda (FNPACK_TARGET; "
+                        show_default=False, help="Where functions live: local, aws-lambda or knative (FNPACK_TARGET; "
                                                  "default: `target:` in fnpack.yaml, else the context's, else local).")
 
 
 def _region_option() -> Any:
     return typer.Option(None, "--region", metavar="REGION", show_default=False,
                         help="aws-lambda: the AWS region (default: FNPACK_LAMBDA_REGION, the spec, AWS_REGION).")
+
+
+def _namespace_option() -> Any:
+    return typer.Option(None, "--namespace", metavar="NAMESPACE", show_default=False,
+                        help="knative: the namespace (default: FNPACK_KNATIVE_NAMESPACE, the spec, the kubeconfig "
+                             "context's).")
+
+
+def _kube_context_option() -> Any:
+    return typer.Option(None, "--kube-context", metavar="NAME", show_default=False,
+                        help="knative: the kubeconfig context (default: FNPACK_KUBE_CONTEXT, its current-context).")
 
 
 def _local_option(field: str, flag: str, metavar: str) -> Any:
@@ -214,6 +225,8 @@ def deploy(
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
+    namespace: Optional[str] = _namespace_option(),
+    kube_context: Optional[str] = _kube_context_option(),
     role: Optional[str] = typer.Option(None, "--role", metavar="ARN", show_default=False,
                                        help="aws-lambda: execution role ARN (default: FNPACK_LAMBDA_ROLE, the spec)."),
     bucket: Optional[str] = typer.Option(None, "--bucket", metavar="BUCKET", show_default=False,
@@ -227,7 +240,19 @@ def deploy(
     timeout: Optional[int] = typer.Option(None, "--timeout", metavar="SECONDS", show_default=False,
                                           help="aws-lambda: timeout in seconds (default: resources.timeout)."),
     env: Optional[list[str]] = typer.Option(None, "--env", metavar="KEY=VALUE", show_default=False,
-                                            help="aws-lambda: an environment variable KEY=VALUE (repeatable)."),
+                                            help="aws-lambda, knative: an environment variable KEY=VALUE "
+                                                 "(repeatable)."),
+    storage: Optional[str] = typer.Option(None, "--storage", metavar="URI", show_default=False,
+                                          help="knative: model storage for the archive, s3://BUCKET[/PREFIX], "
+                                               "http(s)://... or pvc://CLAIM[/PATH] (FNPACK_KNATIVE_STORAGE)."),
+    storage_path: Optional[Path] = typer.Option(None, "--storage-path", metavar="DIR", show_default=False,
+                                                help="knative, pvc:// storage: where this machine sees the claim's "
+                                                     "files."),
+    image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", show_default=False,
+                                        help="knative: the runtime image (FNPACK_KNATIVE_IMAGE)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FORMAT", show_default=False,
+                                         help="With --dry-run: yaml prints the manifests the target would apply "
+                                              "(knative), for GitOps and `kubectl apply -f -`."),
     as_json: bool = _json_option(),
 ) -> None:
     """Deploy a function as a new version (the same archive again gives the existing one) and promote it.
@@ -235,16 +260,28 @@ def deploy(
     On aws-lambda, --function-url NONE|AWS_IAM gives the promoted alias a Function URL (printed after the
     deploy); it is a separate flag because --url already names the local platform's address.
     """
+    from fnpack.errors import UsageError
+
     with handle_errors(as_json):
         if not no_promote:
             _alias_name("fn", alias)
-        aws = {"region": region, "role": role, "bucket": bucket, "function_url": function_url, "memory": memory,
-               "timeout": timeout, "environment": _env_pairs(env)}
-        with _connect(target, url, state_dir, spec_path=path, context=context, **aws) as remote:
+        if output not in (None, "yaml"):
+            raise UsageError(f"--output {output!r} is not a format deploy prints", hint="use -o yaml with --dry-run, "
+                                                                                       "or --json")
+        if output and not dry_run:
+            raise UsageError("-o yaml prints what a deploy would apply: it needs --dry-run",
+                             hint="fnpack deploy --dry-run -o yaml > manifests.yaml")
+        flags = {"region": region, "role": role, "bucket": bucket, "function_url": function_url, "memory": memory,
+                 "timeout": timeout, "environment": _env_pairs(env), "namespace": namespace,
+                 "kube_context": kube_context, "storage": storage, "storage_path": storage_path, "image": image}
+        with _connect(target, url, state_dir, spec_path=path, context=context, **flags) as remote:
             remote.preflight(_read_spec(path))  # a platform that is not there fails before the build
             archive, built = _archive_for(path, remote.name, as_json)
             plan = remote.plan_deploy(archive, None if no_promote else alias, reason)
             if dry_run:
+                if output == "yaml":
+                    sys.stdout.write(remote.export(plan))
+                    return
                 if as_json:
                     emit({"dry_run": True, "plan": plan.to_dict()})
                     return
@@ -312,6 +349,11 @@ def invoke(
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
+    namespace: Optional[str] = _namespace_option(),
+    kube_context: Optional[str] = _kube_context_option(),
+    ingress: Optional[str] = typer.Option(None, "--ingress", metavar="URL", show_default=False,
+                                          help="knative: the cluster's ingress http(s)://HOST[:PORT], sent the "
+                                               "route's Host header (FNPACK_KNATIVE_INGRESS)."),
     as_json: bool = _json_option(),
 ) -> None:
     """Call a deployed function and print its answer; or score a file with --batch.
@@ -339,10 +381,12 @@ def invoke(
             raise UsageError("--out goes with --batch", hint="--batch in.jsonl --out out.jsonl")
         if batch is not None:
             _invoke_batch(parsed, batch, out_path, concurrency, as_json,
-                          _connect(target, url, state_dir, invoke_token, region=region, context=context))
+                          _connect(target, url, state_dir, invoke_token, region=region, namespace=namespace,
+                                   kube_context=kube_context, ingress=ingress, context=context))
             return
         payload = _read_payload(data, file)
-        with _connect(target, url, state_dir, invoke_token, region=region, context=context) as remote:
+        with _connect(target, url, state_dir, invoke_token, region=region, namespace=namespace,
+                                   kube_context=kube_context, ingress=ingress, context=context) as remote:
             answer = remote.invoke(parsed, payload)
     if as_json:
         emit({"qualifier": str(parsed), "version": answer.version, "answer": answer.body})
@@ -400,12 +444,15 @@ def describe(
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
+    namespace: Optional[str] = _namespace_option(),
+    kube_context: Optional[str] = _kube_context_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Show a function: its URLs, versions (sha256, target), aliases with weights, what runs, recent errors."""
     with handle_errors(as_json):
         name = _function_name(name)
-        with _connect(target, url, state_dir, region=region, context=context) as remote:
+        with _connect(target, url, state_dir, region=region, namespace=namespace,
+                kube_context=kube_context, context=context) as remote:
             found = remote.describe(name)
     if as_json:
         emit(found)
@@ -443,10 +490,13 @@ def list_functions(
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
+    namespace: Optional[str] = _namespace_option(),
+    kube_context: Optional[str] = _kube_context_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """List the deployed functions with their versions and aliases."""
-    with handle_errors(as_json), _connect(target, url, state_dir, region=region, context=context) as remote:
+    with handle_errors(as_json), _connect(target, url, state_dir, region=region, namespace=namespace,
+            kube_context=kube_context, context=context) as remote:
         functions = remote.functions()
     if as_json:
         emit({"functions": functions})
@@ -468,12 +518,15 @@ def versions(
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
+    namespace: Optional[str] = _namespace_option(),
+    kube_context: Optional[str] = _kube_context_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """List a function's versions: number, archive sha256, when, who, and the aliases using each."""
     with handle_errors(as_json):
         name = _function_name(name)
-        with _connect(target, url, state_dir, region=region, context=context) as remote:
+        with _connect(target, url, state_dir, region=region, namespace=namespace,
+                kube_context=kube_context, context=context) as remote:
             found = remote.versions(name)
             aliases = remote.aliases(name)
     users = {v.number: sorted(a for a, s in aliases.items() if v.number in s.versions) for v in found}
@@ -496,6 +549,8 @@ def delete(
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
+    namespace: Optional[str] = _namespace_option(),
+    kube_context: Optional[str] = _kube_context_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Delete a version (refused while an alias uses it) or a whole function (asks first, or --yes)."""
@@ -507,7 +562,8 @@ def delete(
         if parsed.alias:
             raise UsageError(f"{qualifier!r}: delete takes NAME or NAME:VERSION, not an alias",
                              hint=f"`fnpack versions {parsed.name}` shows which version {parsed.alias} uses")
-        with _connect(target, url, state_dir, region=region, context=context) as remote:
+        with _connect(target, url, state_dir, region=region, namespace=namespace,
+                kube_context=kube_context, context=context) as remote:
             if parsed.version is None and not yes:
                 _confirm_delete(remote, parsed.name, as_json)
             deleted = remote.delete(parsed.name, parsed.version)
@@ -550,6 +606,8 @@ def alias_set(
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
+    namespace: Optional[str] = _namespace_option(),
+    kube_context: Optional[str] = _kube_context_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Point an alias at a version, or split it between a primary and a canary version."""
@@ -565,7 +623,8 @@ def alias_set(
         if canary_number is None and weight is not None:
             raise UsageError("--weight needs --canary", hint="e.g. --canary 3 --weight 0.1 sends 10% to v3")
         state = AliasState(primary, canary_number, weight or 0.0)
-        with _connect(target, url, state_dir, region=region, context=context) as remote:
+        with _connect(target, url, state_dir, region=region, namespace=namespace,
+                kube_context=kube_context, context=context) as remote:
             move = remote.set_alias(name, alias, state, reason)
     if as_json:
         emit({"function": name, "alias": alias, "move": move})
@@ -581,12 +640,15 @@ def alias_list(
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
+    namespace: Optional[str] = _namespace_option(),
+    kube_context: Optional[str] = _kube_context_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """List a function's aliases and where each sends traffic."""
     with handle_errors(as_json):
         name = _function_name(name)
-        with _connect(target, url, state_dir, region=region, context=context) as remote:
+        with _connect(target, url, state_dir, region=region, namespace=namespace,
+                kube_context=kube_context, context=context) as remote:
             aliases = remote.aliases(name)
     if as_json:
         emit({"function": name, "aliases": aliases})
@@ -608,12 +670,15 @@ def alias_history(
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
+    namespace: Optional[str] = _namespace_option(),
+    kube_context: Optional[str] = _kube_context_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Every move of an alias, oldest first: when, who, from, to, why."""
     with handle_errors(as_json):
         name, alias = _function_name(name), _alias_name(name, alias)
-        with _connect(target, url, state_dir, region=region, context=context) as remote:
+        with _connect(target, url, state_dir, region=region, namespace=namespace,
+                kube_context=kube_context, context=context) as remote:
             history = remote.history(name, alias)
     if as_json:
         emit({"function": name, "alias": alias, "history": history})
@@ -633,12 +698,15 @@ def rollback(
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
+    namespace: Optional[str] = _namespace_option(),
+    kube_context: Optional[str] = _kube_context_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Restore an alias to where it was before its last move; again to go one further back."""
     with handle_errors(as_json):
         name, alias = _function_name(name), _alias_name(name, alias)
-        with _connect(target, url, state_dir, region=region, context=context) as remote:
+        with _connect(target, url, state_dir, region=region, namespace=namespace,
+                kube_context=kube_context, context=context) as remote:
             move = remote.rollback(name, alias, reason)
     if as_json:
         emit({"function": name, "alias": alias, "move": move})
@@ -660,6 +728,8 @@ def logs(
     url: Optional[str] = _url_option(),
     state_dir: Optional[Path] = _state_option(),
     region: Optional[str] = _region_option(),
+    namespace: Optional[str] = _namespace_option(),
+    kube_context: Optional[str] = _kube_context_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Print a function's logs: its workers' output and the platform's events about them.
@@ -677,7 +747,8 @@ def logs(
             raise UsageError("--json cannot be combined with --follow", hint="drop --json to stream the logs")
         keep = _SinceFilter(_since(since)) if since else None
         lines = tail if tail is not None else (1_000_000 if since else 100)
-        with _connect(target, url, state_dir, region=region, context=context) as remote:
+        with _connect(target, url, state_dir, region=region, namespace=namespace,
+                kube_context=kube_context, context=context) as remote:
             chunks = remote.logs(name, lines, follow and not as_json)
             if keep is not None:
                 chunks = keep(chunks)

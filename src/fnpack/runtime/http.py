@@ -1,6 +1,6 @@
 """The function's HTTP interface as a plain ASGI app (no framework: its import time is the cold start).
 
-Routes: POST /invoke (JSON, one record or a list), the Open Inference
+Routes: POST /invoke or POST / (JSON, one record or a list), the Open Inference
 Protocol v2 (/v2/...), GET /healthz and /_/health, GET /metrics.
 Model work runs on a thread pool (onnxruntime releases the GIL) under the
 function's timeout; the event loop only parses, routes and answers.
@@ -103,8 +103,8 @@ class FunctionApp:
             self.metrics.record(route, response.status, time.perf_counter() - started, error)
 
     def _route(self, method: str, path: str) -> tuple[str, Callable[[Scope, Receive], Awaitable[Response]]]:
-        if path == "/invoke":
-            return path, self._only("POST", self.invoke, method)
+        if path in ("/invoke", "/"):  # "/": a Knative or OpenFaaS route's own URL, as users call it
+            return "/invoke", self._only("POST", self.invoke, method)
         if path in ("/healthz", "/_/health"):
             return path, self._only("GET", self.health, method)
         if path == "/metrics":

@@ -1,4 +1,4 @@
-"""The one small interface every target implements (local, aws-lambda; Knative and OpenFaaS next).
+"""The one small interface every target implements (local, aws-lambda, knative; OpenFaaS next).
 
 A deploy is two steps through the shared skeleton of `targets.deploy`: `plan_deploy` reads what is there
 and says what it will change (a `Plan` of typed steps, so `--dry-run` prints the same thing for every
@@ -93,6 +93,11 @@ class Target(ABC):
 
     def deploy(self, archive: Path, alias: str | None = "live", reason: str | None = None) -> Deployment:
         return self.execute(self.plan_deploy(archive, alias, reason))
+
+    def export(self, plan: Plan) -> str:
+        """The plan as the target's own manifests (Knative's YAML, ...), for GitOps."""
+        raise UsageError(f"the {self.name} target has no manifests to export",
+                         hint="-o yaml is for targets deployed with manifests (knative); use --json for the plan")
 
     def preflight(self, spec: dict[str, Any] | None = None) -> None:
         """Every check that can fail without an archive (reachable, token, region, credentials), so that a

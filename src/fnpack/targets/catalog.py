@@ -47,7 +47,8 @@ CATALOG: tuple[TargetInfo, ...] = (
     TargetInfo("aws-lambda", "aws-lambda", 250 * MB, direct_upload=50 * MB,
                implementation="fnpack.targets.aws_lambda.target:AwsLambdaTarget",
                settings="fnpack.targets.aws_lambda.settings:LambdaSettings"),
-    TargetInfo("knative", "container", 1024 * MB),
+    TargetInfo("knative", "container", 1024 * MB, implementation="fnpack.targets.knative.target:KnativeTarget",
+               settings="fnpack.targets.knative.settings:KnativeSettings"),
     TargetInfo("openfaas", "container", 1024 * MB),
 )
 TARGETS: tuple[str, ...] = tuple(info.name for info in CATALOG)

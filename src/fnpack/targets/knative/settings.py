@@ -1,0 +1,120 @@
+"""The knative target's settings: one model for the spec's `knative:` section, the flags and the
+FNPACK_KNATIVE_* variables (see `targets.settings` for the order; the kubeconfig itself is read as kubectl
+reads it, `kubeconfig.load_connection`). The whole spec is copied into the archive's manifest: no secrets
+in `environment` (name a Secret in `storage_secret` instead)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from fnpack.targets.settings import TargetSettings, setting
+
+# Used with fullmatch() only. A namespace, Secret or service account name is a DNS-1123 label.
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", re.ASCII)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+IMAGE = re.compile(r"[^\s]{1,512}")
+STORAGE_SCHEMES = ("s3://", "http://", "https://", "pvc://")
+# Knative sets these in every container and refuses them in a revision's environment.
+KNATIVE_RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
+DEFAULT_IMAGE = "ghcr.io/fnpack/runtime:{runtime}-cpu"
+DEFAULT_GPU_IMAGE = "ghcr.io/fnpack/runtime:{runtime}-cuda12"
+DEFAULT_PROGRESS_DEADLINE = 600  # Knative's own default, seconds
+GPU_PROGRESS_DEADLINE = 1800  # a pod may wait for a GPU node to be provisioned (kserve#1247)
+
+
+class KnativeSettings(TargetSettings):
+    """The knative target's settings. Flags and FNPACK_KNATIVE_* variables override each key; the
+    cluster, its credentials and the default namespace come from the kubeconfig (KUBECONFIG, its
+    current context) or, in a pod, the service account."""
+
+    target: ClassVar[str] = "knative"
+
+    kubeconfig: Path | None = setting(env="FNPACK_KUBECONFIG",
+                                      description="The kubeconfig file (default: KUBECONFIG, ~/.kube/config).")
+    kube_context: str | None = setting(env="FNPACK_KUBE_CONTEXT",
+                                       description="The kubeconfig context (default: its current-context).")
+    namespace: str | None = setting(env="FNPACK_KNATIVE_NAMESPACE",
+                                    description="The namespace (default: the context's, else default).")
+    storage: str | None = setting(env="FNPACK_KNATIVE_STORAGE",
+                                  description="Model storage for archives: s3://BUCKET[/PREFIX] (S3 or MinIO, "
+                                              "AWS_ENDPOINT_URL), http(s)://BASE (GET and PUT) or "
+                                              "pvc://CLAIM[/PATH] (with storage_path).")
+    storage_path: Path | None = setting(env="FNPACK_KNATIVE_STORAGE_PATH",
+                                        description="pvc:// storage: where this machine sees the claim's files.")
+    storage_endpoint: str | None = setting(env="FNPACK_KNATIVE_STORAGE_ENDPOINT",
+                                           description="s3:// storage: the endpoint URL pods use (default: "
+                                                       "AWS_ENDPOINT_URL of the deploying machine, if set).")
+    storage_secret: str | None = setting(env="FNPACK_KNATIVE_STORAGE_SECRET",
+                                         description="A Secret whose keys become the pods' environment "
+                                                     "(AWS_ACCESS_KEY_ID, ...): the storage credentials.")
+    image: str | None = setting(env="FNPACK_KNATIVE_IMAGE",
+                                description=f"The runtime image (default: {DEFAULT_IMAGE}; "
+                                            f"{DEFAULT_GPU_IMAGE} for a GPU function).")
+    ingress: str | None = setting(env="FNPACK_KNATIVE_INGRESS",
+                                  description="http(s)://HOST[:PORT] of the cluster's ingress for invocations, "
+                                              "sent with the route's Host header (default: the route's URL).")
+    service_account: str | None = setting(env="FNPACK_KNATIVE_SERVICE_ACCOUNT",
+                                          description="The pods' service account (default: the namespace's).")
+    progress_deadline: int | None = setting(env="FNPACK_KNATIVE_PROGRESS_DEADLINE", ge=30, le=86400,
+                                            description=f"Seconds a revision may take to become ready "
+                                                        f"(default {DEFAULT_PROGRESS_DEADLINE}; "
+                                                        f"{GPU_PROGRESS_DEADLINE} with a GPU).")
+    environment: dict[str, str] = Field(default_factory=dict, description="Environment variables of the function.")
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> KnativeSettings:
+        return cls.layer(dict(spec.get("knative") or {}), "the archive's fnpack.yaml")
+
+    def image_for(self, runtime: str, gpu: bool) -> str:
+        return self.image or (DEFAULT_GPU_IMAGE if gpu else DEFAULT_IMAGE).format(runtime=runtime)
+
+    def deadline_for(self, gpu: bool) -> int:
+        return self.progress_deadline or (GPU_PROGRESS_DEADLINE if gpu else DEFAULT_PROGRESS_DEADLINE)
+
+    @field_validator("namespace", "storage_secret", "service_account")
+    @classmethod
+    def _dns_label(cls, name: str | None) -> str | None:
+        if name is not None and not DNS_LABEL.fullmatch(name):
+            raise ValueError(f"{name!r} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)")
+        return name
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        if not uri.startswith(STORAGE_SCHEMES) or len(uri.split("://", 1)[1].strip("/")) == 0:
+            raise ValueError(f"{uri!r} is not model storage: expected s3://BUCKET[/PREFIX], http(s)://HOST/PATH or "
+                             "pvc://CLAIM[/PATH]")
+        if any(ch.isspace() or ord(ch) < 32 for ch in uri):
+            raise ValueError(f"{uri!r} contains spaces or control characters")
+        return uri.rstrip("/")
+
+    @field_validator("storage_endpoint", "ingress")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and (not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url)):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url.rstrip("/") if url else url
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, image: str | None) -> str | None:
+        if image is not None and not IMAGE.fullmatch(image):
+            raise ValueError(f"{image!r} is not an image reference (e.g. registry.local/fnpack/runtime:python3.11-cpu)")
+        return image
+
+    @field_validator("environment")
+    @classmethod
+    def _env_names(cls, environment: dict[str, str]) -> dict[str, str]:
+        for key in environment:
+            if not ENV_NAME.fullmatch(key):
+                raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '_')")
+            if key in KNATIVE_RESERVED_ENV or key.startswith("FNPACK_"):
+                raise ValueError(f"{key!r} is set by Knative or fnpack itself; pick another name")
+        return environment
