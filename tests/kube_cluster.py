@@ -7,16 +7,20 @@ Tests that need it take the `kube_cluster` fixture; outside this repository's CI
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +34,19 @@ class KubeCluster:
     server: str
     seconds: float  # how long the server took to start (the fixture's timing, as the issue asks)
     dir: Path
+
+    def client(self) -> httpx.Client:
+        """A plain httpx client with the admin kubeconfig's credentials: for tests to read and write what the
+        server holds without going through fnpack's own client."""
+        config = json.loads(self.kubeconfig.read_text())
+        cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+        context = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+        with tempfile.TemporaryDirectory() as private:
+            cert, key = Path(private, "cert.pem"), Path(private, "key.pem")
+            cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
+            key.write_bytes(base64.b64decode(user["client-key-data"]))
+            context.load_cert_chain(cert, key)
+        return httpx.Client(base_url=cluster["server"], verify=context, timeout=30, trust_env=False)
 
 
 def cluster_missing() -> str | None:

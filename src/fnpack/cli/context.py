@@ -79,7 +79,7 @@ def context_show(name: Optional[str] = typer.Argument(None, metavar="NAME",
 def context_set(
     name: str = typer.Argument(..., metavar="NAME", help="The context to add or change."),
     target: Optional[str] = typer.Option(None, "--target", "-t", metavar="TARGET",
-                                         help="local or aws-lambda (needed for a new one)."),
+                                         help="local, aws-lambda or knative (needed for a new one)."),
     url: Optional[str] = typer.Option(None, "--url", metavar="URL", help="local: the platform's address."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", metavar="DIR",
                                              help="local: the platform's state folder."),
@@ -89,13 +89,24 @@ def context_set(
                                          help="aws-lambda: the artifacts and history bucket."),
     profile: Optional[str] = typer.Option(None, "--profile", metavar="PROFILE",
                                           help="aws-lambda: the AWS profile (credentials)."),
+    kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig", metavar="FILE",
+                                              help="knative: the kubeconfig (default: KUBECONFIG, ~/.kube/config)."),
+    kube_context: Optional[str] = typer.Option(None, "--kube-context", metavar="NAME",
+                                               help="knative: the kubeconfig context."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", metavar="NAMESPACE", help="knative: the namespace."),
+    storage: Optional[str] = typer.Option(None, "--storage", metavar="URI",
+                                          help="knative: model storage, s3://BUCKET[/PREFIX], http(s)://... or "
+                                               "pvc://CLAIM[/PATH]."),
+    ingress: Optional[str] = typer.Option(None, "--ingress", metavar="URL",
+                                          help="knative: the cluster's ingress address for invocations."),
+    image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", help="knative: the runtime image."),
     use: bool = typer.Option(False, "--use", help="Make it the current context too."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Add a context, or change some of its settings (the others are kept)."""
     from fnpack.config import Config, Context
     from fnpack.errors import UsageError
-    from fnpack.targets.catalog import TARGETS
+    from fnpack.targets.catalog import TARGETS, target_info
 
     with handle_errors(as_json):
         config = Config.load()
@@ -104,9 +115,17 @@ def context_set(
         if kind is None:
             raise UsageError("a new context needs --target", hint=f"targets are: {', '.join(TARGETS)}")
         given = {"url": url, "state_dir": str(state_dir.resolve()) if state_dir else None, "region": region,
-                 "role": role, "bucket": bucket, "profile": profile}
+                 "role": role, "bucket": bucket, "profile": profile,
+                 "kubeconfig": str(kubeconfig.resolve()) if kubeconfig else None, "kube_context": kube_context,
+                 "namespace": namespace, "storage": storage, "ingress": ingress, "image": image}
+        model = target_info(kind).settings_model()
+        foreign = sorted(k for k, v in given.items() if v is not None and k not in model.model_fields)
+        if foreign:
+            raise UsageError(f"--{foreign[0].replace('_', '-')} is not a setting of the {kind} target",
+                             hint="see `fnpack context set --help`: each option names its target")
         kept = existing.settings if existing and existing.target == kind else {}
         context = Context(name, kind, {**kept, **{k: v for k, v in given.items() if v is not None}})
+        model.layer(context.settings, f"context {name}")  # refused now, not at the next command
         config.put(context, use=use)
         config.save()
     if as_json:
