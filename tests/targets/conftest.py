@@ -336,9 +336,97 @@ def lambda_harness(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory)
             harness.close()
 
 
+# --- knative: a real Kubernetes API server, the test controller, moto's S3 as model storage -----------------
+
+KNATIVE_NAMESPACE = "contract"
+KNATIVE_BUCKET = "fnpack-models"
+
+
+class KnativeHarness(Harness):
+    name = "knative"
+    create_actions = ("upload", "publish")
+    update_actions = ("upload", "publish")
+
+    def __init__(self, builds: Path, env: dict[str, str], elsewhere: Path, kube: httpx.Client) -> None:
+        # another machine: the same kubeconfig and namespace, no model storage (it only reads and moves)
+        super().__init__(builds, env, second_env={"FNPACK_KNATIVE_STORAGE": "", "FNPACK_STATE_DIR": str(elsewhere),
+                                                  "USER": "colleague", "LOGNAME": "colleague"})
+        self.kube = kube
+
+    def flags(self) -> dict[str, Any]:
+        return {"kubeconfig": self.env["FNPACK_KUBECONFIG"], "namespace": KNATIVE_NAMESPACE,
+                "storage": f"s3://{KNATIVE_BUCKET}/contract"}
+
+    def second_flags(self) -> dict[str, Any]:
+        return {"kubeconfig": self.env["FNPACK_KUBECONFIG"], "namespace": KNATIVE_NAMESPACE}
+
+    def url(self, function: str, qualifier: str | None = None) -> str:
+        if qualifier and qualifier.isdigit():
+            return f"http://v{qualifier}-{function}.{KNATIVE_NAMESPACE}.example.com"
+        host = f"{function}-{qualifier}" if qualifier else function
+        return f"http://{host}.{KNATIVE_NAMESPACE}.example.com"
+
+    def _object(self, function: str, alias: str) -> dict[str, Any] | None:
+        kind, name = ("services", function) if alias == "live" else ("routes", f"{function}-{alias}")
+        answer = self.kube.get(f"/apis/serving.knative.dev/v1/namespaces/{KNATIVE_NAMESPACE}/{kind}/{name}")
+        if answer.status_code == 404:
+            return None
+        answer.raise_for_status()
+        return answer.json()
+
+    def native_alias(self, function: str, alias: str) -> AliasState | None:
+        """The untagged traffic targets of the alias's object (live: only once it was set, see manifests)."""
+        found = self._object(function, alias)
+        if found is None or (alias == "live" and not self.native_history(function, alias)):
+            return None
+        split = [t for t in found["spec"]["traffic"] if not t.get("tag")]
+        assert 1 <= len(split) <= 2, split
+        numbers = [int(t["revisionName"].rsplit("-v", 1)[1]) for t in split]
+        return AliasState(numbers[0], numbers[1] if len(split) == 2 else None,
+                          split[1]["percent"] / 100 if len(split) == 2 else 0.0)
+
+    def native_history(self, function: str, alias: str) -> list[dict[str, Any]]:
+        found = self._object(function, alias)
+        text = ((found or {}).get("metadata", {}).get("annotations") or {}).get("fnpack.dev/history")
+        return json.loads(text) if text else []
+
+
+@pytest.fixture(scope="module")
+def knative_harness(kube_cluster: Any, moto_endpoint: str,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnativeHarness]:
+    """The session's API server with the test controller reconciling the module's namespace, and moto's S3 as
+    model storage (a bucket made here); the CLI and Target objects get the kubeconfig through the settings."""
+    import boto3
+
+    from fake_knative import FakeKnative
+
+    root = tmp_path_factory.mktemp("knative")
+    for folder in ("home", "builds", "laptop-b", "controller"):
+        (root / folder).mkdir()
+    env = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "AWS_CONFIG_FILE": str(root / "home" / "config"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(root / "home" / "credentials"), "AWS_EC2_METADATA_DISABLED": "true",
+           "FNPACK_KUBECONFIG": str(kube_cluster.kubeconfig), "FNPACK_KNATIVE_NAMESPACE": KNATIVE_NAMESPACE,
+           "FNPACK_KNATIVE_STORAGE": f"s3://{KNATIVE_BUCKET}/contract", "KUBECONFIG": "", "FNPACK_KUBE_CONTEXT": "",
+           "FNPACK_TARGET": "", "FNPACK_CONTEXT": ""}
+    with pytest.MonkeyPatch.context() as patch, \
+            FakeKnative(kube_cluster.kubeconfig, workdir=root / "controller", namespaces=[KNATIVE_NAMESPACE]):
+        for key, value in env.items():
+            patch.setenv(key, value)
+        patch.delenv("AWS_PROFILE", raising=False)
+        boto3.client("s3").create_bucket(Bucket=KNATIVE_BUCKET)
+        harness = KnativeHarness(root / "builds", env, root / "laptop-b", kube_cluster.client())
+        try:
+            yield harness
+        finally:
+            harness.close()
+            harness.kube.close()
+
+
 # --- the parametrized fixture every contract test takes --------------------------------------------------
 
-HARNESSES = {"local": "local_harness", "aws-lambda": "lambda_harness"}  # target name -> its fixture
+HARNESSES = {"local": "local_harness", "aws-lambda": "lambda_harness",
+             "knative": "knative_harness"}  # target name -> its fixture
 
 
 @pytest.fixture(scope="module", params=list(HARNESSES))

@@ -36,6 +36,27 @@ def resource_version(obj: dict[str, Any] | None) -> str | None:
     return (obj or {}).get("metadata", {}).get("resourceVersion")
 
 
+def _intent(obj: dict[str, Any]) -> tuple[Any, ...]:
+    """What fnpack's writes decide about an object: its spec and fnpack's annotations (not its status)."""
+    return obj.get("spec"), fnpack_annotations(obj), obj.get("metadata", {}).get("labels")
+
+
+def apply_guarded(kube: KubeApi, resource: str, body: dict[str, Any], seen: dict[str, Any]) -> dict[str, Any]:
+    """Apply `body` only if the object is still as `seen` said. Knative's controllers write the status of
+    what fnpack writes, and every status write changes the resourceVersion: a conflict where only the
+    status changed is retried with the new resourceVersion; any other change is the caller's ConflictError."""
+    for _attempt in range(10):
+        body["metadata"]["resourceVersion"] = resource_version(seen)
+        try:
+            return kube.apply(resource, body)
+        except ConflictError:
+            fresh = kube.get(resource, body["metadata"]["name"])
+            if fresh is None or _intent(fresh) != _intent(seen):
+                raise
+            seen = fresh
+    return kube.apply(resource, body)  # still only status changing: one last try, whose conflict is final
+
+
 class AliasObjects(HistoryStore, AliasRouter):
     """The aliases of one function's Service and Routes, for one move (or a few, one after the other)."""
 
@@ -106,8 +127,9 @@ class AliasObjects(HistoryStore, AliasRouter):
             body = m.route_manifest(function, alias, self.kube.namespace, state, history)
         m.check(body)
         if obj is None:  # a new alias: created, so that of two first moves one gets AlreadyExists
-            created = self.kube.create("routes", body)
+            written = self.kube.create("routes", body)
         else:
-            body["metadata"]["resourceVersion"] = revision
-            created = self.kube.apply("services" if alias == DEFAULT_ALIAS else "routes", body)
-        self._seen[alias] = created
+            if revision != resource_version(obj):
+                raise ConflictError(f"{function}:{alias} changed since it was read; nothing was changed")
+            written = apply_guarded(self.kube, "services" if alias == DEFAULT_ALIAS else "routes", body, obj)
+        self._seen[alias] = written

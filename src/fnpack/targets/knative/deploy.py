@@ -21,7 +21,7 @@ from fnpack.targets.deploy import (Deployable, Deployer, Plan, Progress, Publish
                                    read_deployable)
 from fnpack.targets.history import move_alias, now
 from fnpack.targets.knative import manifests as m
-from fnpack.targets.knative.aliases import AliasObjects, fnpack_annotations, live_state, resource_version
+from fnpack.targets.knative.aliases import AliasObjects, apply_guarded, fnpack_annotations, live_state
 from fnpack.targets.knative.cluster import Cluster
 from fnpack.targets.knative.settings import KnativeSettings
 from fnpack.targets.knative.storage import ArchiveStore, open_store
@@ -117,9 +117,10 @@ class KnativeDeployer(Deployer):
                                                     [*m.tagged_versions(name, traffic), number]),
                                   {**fnpack_annotations(service or {}), m.LAST_VERSION: str(number)})
         m.check(body)
-        if service is not None:  # guarded: a move or deploy since this read is a conflict
-            body["metadata"]["resourceVersion"] = resource_version(service)
-        cluster.kube.apply("services", body)
+        if service is None:
+            cluster.kube.apply("services", body)
+        else:  # guarded: a move or deploy since this read is a conflict
+            apply_guarded(cluster.kube, "services", body, service)
 
     def find_version(self, plan: Plan, number: int, done: Progress) -> None:
         cluster: Cluster = plan.context["cluster"]

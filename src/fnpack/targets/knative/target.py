@@ -24,7 +24,7 @@ from fnpack.targets.base import FunctionSummary, Invocation, InvokeError, Target
 from fnpack.targets.deploy import Deployer, Plan
 from fnpack.targets.history import ANY, Expect, move_alias, rollback_alias
 from fnpack.targets.knative import manifests as m
-from fnpack.targets.knative.aliases import AliasObjects, fnpack_annotations, live_state, resource_version
+from fnpack.targets.knative.aliases import AliasObjects, apply_guarded, fnpack_annotations, live_state
 from fnpack.targets.knative.cluster import Cluster, condition
 from fnpack.targets.knative.settings import KnativeSettings
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
@@ -155,9 +155,8 @@ class KnativeTarget(Target):
         body = m.service_manifest(name, self.cluster.namespace, template,
                                   m.service_traffic(name, live_state(name, service), max(rest), tags),
                                   fnpack_annotations(service))
-        body["metadata"]["resourceVersion"] = resource_version(service)
         m.check(body)
-        self.cluster.kube.apply("services", body)
+        apply_guarded(self.cluster.kube, "services", body, service)
 
     # --- what runs ---------------------------------------------------------------------------------
 
