@@ -111,7 +111,7 @@ def revision_template(*, function: str, number: int, sha256: str, archive_uri: s
         "image": settings.image_for(runtime, gpu),
         "command": ["python", "-m", "fnpack.worker"],
         "args": ["--archive", archive_uri, "--sha256", sha256],
-        "ports": [{"name": "http1", "containerPort": PORT}],
+        "ports": [{"name": "http1", "containerPort": PORT, "protocol": "TCP"}],
         "env": [{"name": key, "value": value} for key, value in env.items()],
         "resources": {"requests": requests, "limits": limits},
         # No request reaches a pod before its model is loaded: the runtime answers only once it is.
