@@ -1,4 +1,4 @@
-"""Where the files that ship with fnpack are: handlers, runtime definitions, examples.
+"""Where the files that ship with fnpack are (handlers, runtime definitions, examples), and its cache.
 
 An installed wheel carries them under `fnpack/_data/`; an editable install or a
 source checkout reads them from the repository's top-level folders.
@@ -6,6 +6,7 @@ source checkout reads them from the repository's top-level folders.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -23,3 +24,8 @@ def data_dir(name: str) -> Path:
 def runtime_package_dir() -> Path:
     """The `fnpack` package folder whose `__init__.py` and `runtime/` go into every archive."""
     return _PACKAGE
+
+
+def cache_dir() -> Path:
+    """fnpack's cache: FNPACK_CACHE_DIR, else ~/.cache/fnpack."""
+    return Path(os.environ.get("FNPACK_CACHE_DIR") or Path.home() / ".cache" / "fnpack")

@@ -23,7 +23,9 @@ from fnpack.errors import FnpackError, StartError
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("FNPACK_CACHE_DIR") or Path.home() / ".cache" / "fnpack") / "archives"
+    from fnpack._resources import cache_dir
+
+    return cache_dir() / "archives"
 
 
 def prepare(uri: str, sha256: str, cache_dir: Path) -> Path:

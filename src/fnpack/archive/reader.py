@@ -668,3 +668,29 @@ def _sha256_stream(f: BinaryIO) -> str:
     while chunk := f.read(_CHUNK):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+# --- archives verified before ----------------------------------------------------------------------------
+# Verifying an archive inflates and hashes every file (half a second for a 27 MB one). Its sha256 names its
+# bytes, so an archive whose sha256 was verified once (or that fnpack's build wrote) needs it no more: each
+# use hashes the zip, then checks for a marker named by that hash in the cache.
+
+
+def _marker(sha256: str) -> Path:
+    from fnpack._resources import cache_dir
+
+    return cache_dir() / "verified" / sha256
+
+
+def verified_before(sha256: str) -> bool:
+    return _marker(sha256).is_file()
+
+
+def remember_verified(sha256: str) -> None:
+    """Mark an archive's sha256 intact; a cache that cannot be written only costs the next verification."""
+    try:
+        marker = _marker(sha256)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass

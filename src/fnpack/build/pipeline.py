@@ -17,6 +17,7 @@ import yaml
 from fnpack import __version__
 from fnpack._resources import data_dir, runtime_package_dir
 from fnpack.archive import MANIFEST_NAME, sha256_file
+from fnpack.archive.reader import remember_verified
 from fnpack.build.budget import (Size, SizedFile, breakdown, budget_limits, check_budget, inflate, parse_size,
                                  size_of)
 from fnpack.build.globs import matches
@@ -71,7 +72,7 @@ def build(path: Path | str = ".", target: str = "local", out: Path | str | None 
     limit = _max_size(max_size)
     project = load_project(path)
     spec = project.spec
-    profile = _with_overrides(load_profile(target, spec.runtime, spec.arch), project,
+    profile = _with_overrides(load_profile(target, spec.runtime, spec.arch, gpu=spec.resources.gpu > 0), project,
                               limit.bytes if limit else None)
     out_dir = Path(out) if out else project.root / "dist"
     _check_writable(out_dir)
@@ -119,6 +120,7 @@ def build(path: Path | str = ".", target: str = "local", out: Path | str | None 
             final = out_dir / f"{spec.name}-{sha[:12]}.zip"
             os.chmod(staged, 0o666 & ~_umask())  # mkstemp made it private
             os.replace(staged, final)
+            remember_verified(sha)  # written from the files the manifest lists: a deploy need not inflate it again
         finally:
             staged.unlink(missing_ok=True)
     if smoke["status"] == "skipped":

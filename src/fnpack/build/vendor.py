@@ -26,6 +26,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from fnpack._resources import cache_dir
 from fnpack.archive import sha256_file
 from fnpack.build import slim
 from fnpack.build.interpreters import compile_tree, find_python
@@ -56,10 +57,6 @@ class Layer:
 
     def entries(self) -> Iterator[ZipEntry]:
         return read_entries(self.zip_path)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FNPACK_CACHE_DIR") or Path.home() / ".cache" / "fnpack")
 
 
 def vendor(profile: BuildProfile, requirements: list[str], progress: Progress = lambda _: None) -> list[Layer]:

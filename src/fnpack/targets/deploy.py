@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fnpack.archive import open_archive
+from fnpack.archive.reader import remember_verified, verified_before
 from fnpack.errors import ArchiveError, ConflictError, UsageError
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
 
@@ -312,8 +313,8 @@ def read_deployable(archive: Path, build: str = "fnpack build") -> Deployable:
     """An intact fnpack archive naming a valid function; `build` is the command that makes a right one."""
     with open_archive(archive) as reader:
         manifest = reader.manifest()
-        problems = reader.verify() if manifest else []
         sha256 = reader.sha256
+        problems = reader.verify() if manifest and not verified_before(sha256) else []
     if not manifest or not isinstance(manifest.get("name"), str):
         raise ArchiveError(f"{archive} has no fnpack manifest naming its function",
                            hint=f"deploy archives built by `{build}`")
@@ -326,6 +327,7 @@ def read_deployable(archive: Path, build: str = "fnpack build") -> Deployable:
         raise ArchiveError(f"{archive} is not intact: {problems[0]}" +
                            (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
                            hint=f"rebuild it with `{build}`")
+    remember_verified(sha256)
     unzipped = sum(f.get("size", 0) for f in manifest.get("files", {}).values())
     return Deployable(archive, manifest, sha256, unzipped)
 
