@@ -1,7 +1,9 @@
 """What a build targets: Python version, platform tags, pinned base packages, ONNX limits, size budget.
 
 Read from `runtimes/<runtime>/runtime.toml`, one platform section per kind of
-target: `aws-lambda`, or `container` for local, knative and openfaas.
+target: `aws-lambda`, or `container` for local, knative and openfaas; a spec that
+asks for a GPU (`resources.gpu > 0`) builds for `container-cuda` instead: the same
+platform with onnxruntime-gpu in place of onnxruntime (Lambda has no GPUs).
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ class BuildProfile:
         return None
 
 
-def load_profile(target: str, runtime: str, arch: str) -> BuildProfile:
+def load_profile(target: str, runtime: str, arch: str, gpu: bool = False) -> BuildProfile:
+    """The profile of `runtime` on `target`; `gpu`: the spec asks for one (its archive vendors onnxruntime-gpu)."""
     if target not in TARGETS:
         raise SpecError(f"unknown target {target!r}", hint=f"choose one of: {', '.join(TARGETS)}")
     path = data_dir("runtimes") / runtime / "runtime.toml"
@@ -78,7 +81,18 @@ def load_profile(target: str, runtime: str, arch: str) -> BuildProfile:
                         hint=f"supported: {', '.join(sorted(p.parent.name for p in data_dir('runtimes').glob('*/runtime.toml')))}")
     config = tomllib.loads(path.read_text(encoding="utf-8"))
     info = target_info(target)
-    section = config["platforms"][info.platform]
+    platform = info.platform
+    if gpu:
+        if platform != "container":
+            raise SpecError(f"the {target} target has no GPUs (AWS Lambda offers none), and the spec asks for one "
+                            "(resources.gpu > 0)",
+                            hint="set resources.gpu: 0 to build for Lambda, or build for a container target "
+                                 "(knative, local)")
+        platform = "container-cuda"
+        if platform not in config["platforms"]:
+            raise SpecError(f"runtime {runtime!r} has no GPU build (no [platforms.{platform}] in its runtime.toml)",
+                            hint="set resources.gpu to 0, or pick a runtime that has one")
+    section = config["platforms"][platform]
     budget = SizeBudget(max_zipped=None, max_unzipped=info.max_unzipped, direct_upload=info.direct_upload)
     return BuildProfile(
         target=target, runtime=runtime, python_version=config["python"], arch=arch, glibc=section["glibc"],
