@@ -46,7 +46,7 @@ def knative(kube_cluster, tmp_path: Path, ns: str) -> Iterator[FakeKnative]:
     """The controller as fnpack's tests use it: every namespace, no pods."""
     with FakeKnative(kube_cluster.kubeconfig, workdir=tmp_path / "knative") as controller:
         yield controller
-    assert not controller.violations
+    assert not [v for v in controller.violations if f" {ns}/" in v]  # other tests' objects are theirs
 
 
 def apply(api: httpx.Client, ns: str, plural: str, obj: dict) -> dict:

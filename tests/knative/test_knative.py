@@ -82,6 +82,8 @@ def cluster(kube_cluster: KubeCluster, moto_endpoint: str, tmp_path_factory: pyt
         with FakeKnative(kube_cluster.kubeconfig, run_pods=True, secrets=secrets, workdir=root / "controller",
                          namespaces=[NAMESPACE]) as controller, kube_cluster.client() as http:
             yield Cluster(kube_cluster, http, env, controller, boto3.client("s3"), root)
+            # nothing fnpack sent is what Knative's admission webhook would have refused
+            assert controller.violations == []
 
 
 @pytest.fixture(scope="module")

@@ -410,7 +410,7 @@ def knative_harness(kube_cluster: Any, moto_endpoint: str,
            "FNPACK_KNATIVE_STORAGE": f"s3://{KNATIVE_BUCKET}/contract", "KUBECONFIG": "", "FNPACK_KUBE_CONTEXT": "",
            "FNPACK_TARGET": "", "FNPACK_CONTEXT": ""}
     with pytest.MonkeyPatch.context() as patch, \
-            FakeKnative(kube_cluster.kubeconfig, workdir=root / "controller", namespaces=[KNATIVE_NAMESPACE]):
+            FakeKnative(kube_cluster.kubeconfig, workdir=root / "controller", namespaces=[KNATIVE_NAMESPACE]) as fake:
         for key, value in env.items():
             patch.setenv(key, value)
         patch.delenv("AWS_PROFILE", raising=False)
@@ -421,6 +421,7 @@ def knative_harness(kube_cluster: Any, moto_endpoint: str,
         finally:
             harness.close()
             harness.kube.close()
+        assert fake.violations == []  # nothing fnpack sent is what Knative's webhook would refuse
 
 
 # --- the parametrized fixture every contract test takes --------------------------------------------------
