@@ -78,7 +78,7 @@ knative:
   storage: s3://models/fnpack
   storage_endpoint: http://minio.minio.svc.cluster.local:9000
   storage_secret: fnpack-storage
-  image: registry.example/fnpack/runtime:python3.11-cuda12
+  image: registry.example/fnpack/runtime:python3.11-cuda13
   ingress: http://192.0.2.10   # the cluster's ingress (today only deploy reads this section: see 7.)
 """
 

@@ -251,7 +251,7 @@ def test_the_dry_run_yaml_of_a_gpu_function_applies_cleanly_and_fnpack_reads_it_
     (service,) = documents
     pod = service["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert pod["containers"][0]["image"].endswith("-cuda12")
+    assert pod["containers"][0]["image"].endswith("-cuda13")
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     notes = service["spec"]["template"]["metadata"]["annotations"]
@@ -269,6 +269,15 @@ def test_the_dry_run_yaml_of_a_gpu_function_applies_cleanly_and_fnpack_reads_it_
     listed = cluster.ok("alias", "list", "vision", "--namespace", GITOPS)
     assert listed["aliases"] == {"live": {"primary": 1, "canary": None, "weight": 0.0}}
     assert len(cluster.ok("alias", "history", "vision", "live", "--namespace", GITOPS)["history"]) == 1
+    # in the function's folder, its spec's knative: section is a setting of every command, as of deploy
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "fnpack.yaml").write_text(f"name: vision\nknative:\n  namespace: {GITOPS}\n")
+    there = cluster.cli("alias", "list", "vision", "--json", cwd=project, env={"FNPACK_KNATIVE_NAMESPACE": ""})
+    assert there.code == 0 and there.json()["aliases"]["live"]["primary"] == 1, there.stderr
+    (project / "fnpack.yaml").write_text("name: vision\nknative: [not, a, mapping]\n")
+    broken = cluster.cli("alias", "list", "vision", cwd=project)
+    assert broken.code == 2 and "knative:" in broken.stderr and "not a mapping" in broken.stderr
 
     not_yaml = cluster.cli("deploy", str(archive), "-o", "yaml", "--namespace", GITOPS)
     assert not_yaml.code == 2 and "--dry-run" in not_yaml.stderr

@@ -57,7 +57,7 @@ def test_a_gpu_function_gets_gpu_limits_node_selector_tolerations_the_cuda_image
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule",
                                    "tolerationSeconds": 30}]
-    assert pod["containers"][0]["image"] == "ghcr.io/fnpack/runtime:python3.11-cuda12"
+    assert pod["containers"][0]["image"] == "ghcr.io/fnpack/runtime:python3.11-cuda13"
     assert made["metadata"]["annotations"]["serving.knative.dev/progress-deadline"] == "1800s"
     own = template({"resources": {"gpu": 1}}, KnativeSettings(image="registry.local/rt:1", progress_deadline=900))
     assert own["spec"]["containers"][0]["image"] == "registry.local/rt:1"

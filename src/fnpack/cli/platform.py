@@ -82,10 +82,11 @@ def _connect(target: Optional[str], url: Optional[str], state_dir: Optional[Path
     from fnpack.targets import get_target
 
     chosen = Config.load().chosen(context)
-    name = _resolve_target(target, spec_path, chosen.target if chosen else None,
+    spec = _read_spec(spec_path)
+    name = _resolve_target(target, spec, chosen.target if chosen else None,
                            explicit=bool(context or os.environ.get("FNPACK_CONTEXT")))
     settings = chosen.settings if chosen and chosen.target == name else None
-    return get_target(name, settings, chosen.name if chosen else "", url=url, state_dir=state_dir,
+    return get_target(name, settings, chosen.name if chosen else "", spec=spec, url=url, state_dir=state_dir,
                       invoke_token=invoke_token, **flags)
 
 
@@ -109,8 +110,8 @@ def _read_spec(path: Optional[Path]) -> Optional[dict[str, Any]]:
     return spec if isinstance(spec, dict) else None
 
 
-def _resolve_target(target: Optional[str], spec_path: Optional[Path] = None, context_target: Optional[str] = None,
-                    explicit: bool = False) -> str:
+def _resolve_target(target: Optional[str], spec: Optional[dict[str, Any]] = None,
+                    context_target: Optional[str] = None, explicit: bool = False) -> str:
     """Which target a command talks to, first wins: --target (FNPACK_TARGET); a context named with
     --context (FNPACK_CONTEXT); the spec's `target:` (of the deployed folder or archive, or of
     ./fnpack.yaml); the current context's; local."""
@@ -118,7 +119,7 @@ def _resolve_target(target: Optional[str], spec_path: Optional[Path] = None, con
         return target
     if explicit and context_target:
         return context_target
-    value = (_read_spec(spec_path) or {}).get("target")
+    value = (spec or {}).get("target")
     if isinstance(value, str) and value:
         return value
     return context_target or "local"
@@ -250,6 +251,9 @@ def deploy(
                                                      "files."),
     image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", show_default=False,
                                         help="knative: the runtime image (FNPACK_KNATIVE_IMAGE)."),
+    storage_secret: Optional[str] = typer.Option(None, "--storage-secret", metavar="SECRET", show_default=False,
+                                                 help="knative: a Secret whose keys become the pods' environment "
+                                                      "(the storage credentials)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FORMAT", show_default=False,
                                          help="With --dry-run: yaml prints the manifests the target would apply "
                                               "(knative), for GitOps and `kubectl apply -f -`."),
@@ -273,7 +277,8 @@ def deploy(
                              hint="fnpack deploy --dry-run -o yaml > manifests.yaml")
         flags = {"region": region, "role": role, "bucket": bucket, "function_url": function_url, "memory": memory,
                  "timeout": timeout, "environment": _env_pairs(env), "namespace": namespace,
-                 "kube_context": kube_context, "storage": storage, "storage_path": storage_path, "image": image}
+                 "kube_context": kube_context, "storage": storage, "storage_path": storage_path, "image": image,
+                 "storage_secret": storage_secret}
         with _connect(target, url, state_dir, spec_path=path, context=context, **flags) as remote:
             remote.preflight(_read_spec(path))  # a platform that is not there fails before the build
             archive, built = _archive_for(path, remote.name, as_json)

@@ -95,6 +95,8 @@ class Function:
         if str(self.root) not in sys.path:  # user modules sit at the archive root
             sys.path.insert(0, str(self.root))
         self.session = ort.InferenceSession(str(self.root / spec["model"]), providers=_providers(spec))
+        # What the session really runs on: onnxruntime falls back to the CPU when CUDA's libraries are missing.
+        log.info("execution providers: %s", self.session.get_providers())
         self.inputs: dict[str, dict[str, Any]] = {i["name"]: i for i in self.manifest["model"]["inputs"]}
         self.outputs: dict[str, dict[str, Any]] = {o["name"]: o for o in self.manifest["model"]["outputs"]}
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -223,5 +225,4 @@ def _providers(spec: dict[str, Any]) -> list[str]:
         "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
     if wants_gpu and chosen[0] != "CUDAExecutionProvider":
         log.warning("the spec asks for a GPU but CUDAExecutionProvider is not available; using CPU")
-    log.info("execution providers: %s", chosen)
     return chosen

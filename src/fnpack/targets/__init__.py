@@ -15,10 +15,15 @@ if TYPE_CHECKING:
 __all__ = ["AVAILABLE", "TARGETS", "get_target"]
 
 
-def get_target(name: str, context: Mapping[str, Any] | None = None, context_name: str = "", **flags: Any) -> Target:
+def get_target(name: str, context: Mapping[str, Any] | None = None, context_name: str = "",
+               spec: Mapping[str, Any] | None = None, **flags: Any) -> Target:
     """The target called `name`, configured by its settings model from `flags` (None: not given; the
     names another target's model has are ignored), then its FNPACK_* variables, then the user's
-    `context` (the settings of a context of this target)."""
+    `context` (the settings of a context of this target), then the `spec` of the function at hand (its
+    section for this target: `knative.namespace` is where `fnpack versions` looks, as `deploy` does)."""
     info = deployable(name)
-    settings = info.settings_model().layered(flags, context=context, context_name=context_name)
+    model = info.settings_model()
+    settings = model.layered(flags, context=context, context_name=context_name)
+    if spec:
+        settings = settings.over(model.from_spec(spec))
     return info.target_class()(settings)

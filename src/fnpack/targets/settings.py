@@ -59,6 +59,15 @@ class TargetSettings(BaseModel):
         """The spec's own section for this target; none by default."""
         return cls()
 
+    @staticmethod
+    def section(spec: Mapping[str, Any], key: str) -> dict[str, Any]:
+        """The spec's `key:` section as a mapping (a spec read as raw YAML may hold anything there)."""
+        found = spec.get(key) or {}
+        if not isinstance(found, Mapping):
+            raise UsageError(f"`{key}:` in fnpack.yaml is not a mapping of settings",
+                             hint=f"see `fnpack schema` for the {key} section")
+        return dict(found)
+
     @classmethod
     def layered(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
                 context: Mapping[str, Any] | None = None, context_name: str = "") -> Self:

@@ -52,8 +52,8 @@ class LambdaSettings(TargetSettings):
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> LambdaSettings:
-        section = dict(spec.get("aws_lambda") or {})
-        resources = spec.get("resources") or {}
+        section = cls.section(spec, "aws_lambda")
+        resources = cls.section(spec, "resources")
         memory = section.get("memory") or resources.get("memory")
         timeout = section.get("timeout") or resources.get("timeout")
         section.update(memory=memory, timeout=None if timeout is None else max(1, round(float(timeout))))

@@ -22,7 +22,7 @@ STORAGE_SCHEMES = ("s3://", "http://", "https://", "pvc://")
 # Knative sets these in every container and refuses them in a revision's environment.
 KNATIVE_RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 DEFAULT_IMAGE = "ghcr.io/fnpack/runtime:{runtime}-cpu"
-DEFAULT_GPU_IMAGE = "ghcr.io/fnpack/runtime:{runtime}-cuda12"
+DEFAULT_GPU_IMAGE = "ghcr.io/fnpack/runtime:{runtime}-cuda13"
 DEFAULT_PROGRESS_DEADLINE = 600  # Knative's own default, seconds
 GPU_PROGRESS_DEADLINE = 1800  # a pod may wait for a GPU node to be provisioned (kserve#1247)
 
@@ -68,7 +68,7 @@ class KnativeSettings(TargetSettings):
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> KnativeSettings:
-        return cls.layer(dict(spec.get("knative") or {}), "the archive's fnpack.yaml")
+        return cls.layer(cls.section(spec, "knative"), "fnpack.yaml")
 
     def image_for(self, runtime: str, gpu: bool) -> str:
         return self.image or (DEFAULT_GPU_IMAGE if gpu else DEFAULT_IMAGE).format(runtime=runtime)
