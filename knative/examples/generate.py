@@ -79,7 +79,7 @@ knative:
   storage_endpoint: http://minio.minio.svc.cluster.local:9000
   storage_secret: fnpack-storage
   image: registry.example/fnpack/runtime:python3.11-cuda13
-  ingress: http://192.0.2.10   # the cluster's ingress (today only deploy reads this section: see 7.)
+  ingress: http://192.0.2.10   # the cluster's ingress, for fnpack invoke (sent with the route's Host header)
 """
 
 
