@@ -111,8 +111,8 @@ def cpu_manifests() -> list[dict[str, Any]]:
     name, ns = spec["name"], settings.namespace
     live = [AliasMove(None, AliasState(1), ACTOR, "2026-01-05T09:00:00+00:00", "first deploy")]
     annotations = {m.LAST_VERSION: "1", m.HISTORY: m.history_text(live)}
-    return [m.service_manifest(name, ns, template(spec, settings, store, 1, "2026-01-05T09:00:00+00:00"),
-                               m.service_traffic(name, AliasState(1), 1, [1]), annotations)]
+    return [m.service_update(name, ns, None, template=template(spec, settings, store, 1, "2026-01-05T09:00:00+00:00"),
+                             live=AliasState(1), tag=1, annotations=annotations)]
 
 
 def gpu_manifests() -> list[dict[str, Any]]:
@@ -124,9 +124,11 @@ def gpu_manifests() -> list[dict[str, Any]]:
     live = [AliasMove(None, AliasState(1), ACTOR, "2026-01-05T09:00:00+00:00", "first deploy"),
             AliasMove(AliasState(1), canary, ACTOR, "2026-01-12T14:30:00+00:00", "canary of v2")]
     staging = [AliasMove(None, AliasState(2), ACTOR, "2026-01-12T14:00:00+00:00", "v2 for the QA team")]
-    service = m.service_manifest(name, ns, template(spec, settings, store, 2, "2026-01-12T14:00:00+00:00"),
-                                 m.service_traffic(name, canary, 2, [1, 2]),
-                                 {m.LAST_VERSION: "2", m.HISTORY: m.history_text(live)})
+    first = m.service_update(name, ns, None, template=template(spec, settings, store, 1, "2026-01-05T09:00:00+00:00"),
+                             tag=1)
+    service = m.service_update(name, ns, first, template=template(spec, settings, store, 2,
+                                                                  "2026-01-12T14:00:00+00:00"),
+                               live=canary, tag=2, annotations={m.LAST_VERSION: "2", m.HISTORY: m.history_text(live)})
     route = m.route_manifest(name, "staging", ns, AliasState(2), {m.HISTORY: m.history_text(staging)})
     return [service, route]
 

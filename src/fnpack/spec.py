@@ -137,6 +137,17 @@ class FunctionSpec(_Strict):
                              "built for; set `arch` alone")
         return settings
 
+    @field_validator("knative", mode="before")
+    @classmethod
+    def _knative_machine_settings(cls, section: Any) -> Any:
+        from fnpack.targets.knative.settings import MACHINE_ONLY
+
+        local = sorted(k for k in MACHINE_ONLY if section.get(k) is not None) if isinstance(section, dict) else []
+        if local:
+            raise ValueError(f"{local[0]} is a setting of the machine that deploys, not of the function: pass "
+                             f"--{local[0].replace('_', '-')} or keep it in a context")
+        return section
+
     @field_validator("name")
     @classmethod
     def _dns_label(cls, name: str) -> str:

@@ -216,7 +216,7 @@ def test_the_role_grants_exactly_the_verbs_fnpack_uses() -> None:
 # What each KubeApi method asks the API server for, in RBAC's verbs. A server-side apply is a PATCH, and one
 # that creates its object is authorized as create as well.
 _METHOD_VERBS = {"get": {"get"}, "list": {"list"}, "watch": {"watch"}, "apply": {"patch", "create"},
-                 "create": {"create"}, "delete": {"delete"}}
+                 "create": {"create"}, "delete": {"delete"}, "patch": {"patch"}}
 _HTTP_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 

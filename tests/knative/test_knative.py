@@ -22,9 +22,12 @@ from conftest import EXAMPLES, CliResult, fnpack
 from kube_cluster import KubeCluster
 from servers import free_port, platform
 
+from fnpack.versions import AliasState
+
 pytestmark = pytest.mark.timeout(600)
 
 NAMESPACE = "e2e"  # the controller runs pods here
+PLAIN = "plain"  # a controller without pods: revisions are ready at once
 GITOPS = "gitops"  # no controller: what `kubectl apply` of fnpack's YAML leaves
 BUCKET = "models"
 REQUEST = {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5}
@@ -80,10 +83,11 @@ def cluster(kube_cluster: KubeCluster, moto_endpoint: str, tmp_path_factory: pyt
             patch.setenv(key, value)
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         with FakeKnative(kube_cluster.kubeconfig, run_pods=True, secrets=secrets, workdir=root / "controller",
-                         namespaces=[NAMESPACE]) as controller, kube_cluster.client() as http:
+                         namespaces=[NAMESPACE]) as controller, kube_cluster.client() as http, \
+                FakeKnative(kube_cluster.kubeconfig, workdir=root / "plain", namespaces=[PLAIN]) as plain:
             yield Cluster(kube_cluster, http, env, controller, boto3.client("s3"), root)
             # nothing fnpack sent is what Knative's admission webhook would have refused
-            assert controller.violations == []
+            assert controller.violations == [] and plain.violations == []
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +205,9 @@ def test_a_revision_whose_pods_never_become_ready_moves_no_alias_and_live_keeps_
     assert "no alias was moved" in error["hint"]
     assert cluster.ok("alias", "list", "brittle")["aliases"]["live"]["primary"] == 1
     assert answered_by(cluster.through_ingress(f"brittle.{NAMESPACE}.example.com")) == "brittle-v1"
+    # the Service went back to v1's template, so Knative has nothing failing to make; v2 stays, unrouted
+    assert cluster.get("services", "brittle")["spec"]["template"]["metadata"]["name"] == "brittle-v1"
+    assert "v2" not in [t.get("tag") for t in cluster.get("services", "brittle")["spec"]["traffic"]]
     again = cluster.cli("deploy", str(folder))  # the same archive again: the failed version is not promoted either
     assert again.code == 11 and "brittle-v2" in again.stderr, again.stderr
     assert cluster.ok("alias", "list", "brittle")["aliases"]["live"]["primary"] == 1
@@ -331,3 +338,84 @@ def test_mistakes_are_named_before_anything_changes(cluster: Cluster, iris: list
     in_context = fnpack("ls", "--json", env={**cluster.env, "FNPACK_KNATIVE_NAMESPACE": ""})
     assert in_context.code == 0, in_context.stderr
     assert in_context.json()["functions"] == []  # the foreign Service is no function of fnpack's
+
+
+# --- what other people and tools did meanwhile ----------------------------------------------------------------
+
+
+def plain_target(cluster: Cluster) -> Any:
+    from fnpack.targets.knative.settings import KnativeSettings
+    from fnpack.targets.knative.target import KnativeTarget
+
+    return KnativeTarget(KnativeSettings(kubeconfig=cluster.kube.kubeconfig, namespace=PLAIN,
+                                         storage=f"s3://{BUCKET}/plain"))
+
+
+def test_what_kn_routed_survives_fnpack_deploys_and_a_stale_plan_changes_nothing(cluster: Cluster,
+                                                                                 tmp_path: Path) -> None:
+    from targets.test_planner import make_archive
+
+    from fnpack.errors import ConflictError
+
+    a, b, c = (make_archive(tmp_path, name="shared", variant=n) for n in range(3))
+    with plain_target(cluster) as mine, plain_target(cluster) as theirs:
+        mine.deploy(a)
+        mine.deploy(b, alias=None)
+        # kn adds a preview tag and splits the Service's route itself (its own field manager)
+        service = cluster.get("services", "shared", PLAIN)
+        traffic = [{"revisionName": "shared-v1", "percent": 70}, {"revisionName": "shared-v2", "percent": 30},
+                   *[t for t in service["spec"]["traffic"] if t.get("tag")],
+                   {"revisionName": "shared-v2", "percent": 0, "tag": "preview"}]
+        edited = cluster.http.patch(f"{API}/{PLAIN}/services/shared", params={"fieldManager": "kn"},
+                                    json={"spec": {"traffic": traffic}},
+                                    headers={"Content-Type": "application/merge-patch+json"})
+        assert edited.status_code == 200, edited.text
+        # a plan made now, executed after someone else's deploy: v3 is theirs, mine changes nothing
+        stale = mine.plan_deploy(c, alias=None)
+        theirs.deploy(c, alias=None)
+        before = cluster.get("services", "shared", PLAIN)
+        with pytest.raises(ConflictError) as caught:
+            mine.execute(stale)
+        assert "another deploy made shared v3" in caught.value.message, caught.value.message
+        after = cluster.get("services", "shared", PLAIN)
+        assert (after["spec"], after["metadata"]["annotations"]) == (before["spec"], before["metadata"]["annotations"])
+        # kn's split and tag are still there after fnpack's deploys; only fnpack's vN tags were added
+        kept = after["spec"]["traffic"]
+        assert kept[:2] == traffic[:2] and {"revisionName": "shared-v2", "percent": 0, "tag": "preview"} in kept
+        assert [t["tag"] for t in kept if t.get("tag", "").startswith("v")] == ["v1", "v2", "v3"]
+        assert mine.aliases("shared") == {"live": AliasState(1, 2, 0.3)}  # kn's move, read as it routes
+        # a split fnpack cannot name (three revisions): no alias, and what it routes to is not deleted
+        three = [{"revisionName": f"shared-v{n}", "percent": p} for n, p in ((1, 50), (2, 30), (3, 20))]
+        edited = cluster.http.patch(f"{API}/{PLAIN}/services/shared", params={"fieldManager": "kn"},
+                                    json={"spec": {"traffic": three + [t for t in kept if t.get("tag")]}},
+                                    headers={"Content-Type": "application/merge-patch+json"})
+        assert edited.status_code == 200, edited.text
+        assert mine.aliases("shared") == {}
+        with pytest.raises(ConflictError) as routed:
+            mine.delete("shared", 3)
+        assert "receives traffic" in routed.value.message
+        assert [v.number for v in mine.versions("shared")] == [1, 2, 3]
+        mine.delete("shared")
+
+
+def test_an_alias_route_and_a_function_of_the_same_name_refuse_each_other(cluster: Cluster, tmp_path: Path) -> None:
+    from targets.test_planner import make_archive
+
+    from fnpack.errors import ConflictError
+
+    with plain_target(cluster) as target:
+        target.deploy(make_archive(tmp_path, name="model"))
+        target.set_alias("model", "beta", AliasState(1))  # the Route model-beta
+        with pytest.raises(ConflictError) as caught:
+            target.deploy(make_archive(tmp_path, name="model-beta"))
+        assert "a Route model-beta exists already" in caught.value.message
+        assert cluster.get("services", "model-beta", PLAIN) is None
+        target.deploy(make_archive(tmp_path, name="other"))
+        target.deploy(make_archive(tmp_path, name="other-beta"))
+        with pytest.raises(ConflictError) as taken:
+            target.set_alias("other", "beta", AliasState(1))  # its Route would be the function other-beta's
+        # (Knative made the Route other-beta for the Service other-beta: it is not fnpack's alias route)
+        assert "other-beta" in taken.value.message and "not alias beta of other" in taken.value.message
+        assert cluster.get("routes", "other-beta", PLAIN)["metadata"]["labels"].get("fnpack.dev/alias") is None
+        for name in ("model", "other", "other-beta"):
+            target.delete(name)

@@ -91,16 +91,44 @@ def test_settings_refuse_what_knative_or_kubernetes_would(bad: dict) -> None:
 
 def test_traffic_for_live_and_version_tags_reads_back_as_the_same_alias() -> None:
     live = AliasState(2, 3, 0.1)
-    traffic = m.service_traffic("iris", live, 3, [1, 2, 3])
+    service = None
+    for number in (1, 2, 3):
+        service = m.service_update("iris", "ns", service, template={"metadata": {"name": f"iris-v{number}"}},
+                                   tag=number)
+    service = m.service_update("iris", "ns", service, live=live)
+    traffic = service["spec"]["traffic"]
     assert traffic == [{"revisionName": "iris-v2", "percent": 90}, {"revisionName": "iris-v3", "percent": 10},
                        {"revisionName": "iris-v1", "percent": 0, "tag": "v1"},
                        {"revisionName": "iris-v2", "percent": 0, "tag": "v2"},
                        {"revisionName": "iris-v3", "percent": 0, "tag": "v3"}]
     assert m.state_of("iris", traffic) == live and m.tagged_versions("iris", traffic) == [1, 2, 3]
-    m.check(m.service_manifest("iris", "ns", {"metadata": {"name": "iris-v3"}}, traffic, {}))
-    # until live is set, Knative still routes the Service: all of it to the newest version
-    assert m.service_traffic("iris", None, 4, [4])[0] == {"revisionName": "iris-v4", "percent": 100}
+    m.check(service)
+    # a new Service routes everything to its first version; later templates leave the traffic as it was
+    first = m.service_update("iris", "ns", None, template={"metadata": {"name": "iris-v4"}})
+    assert first["spec"]["traffic"] == [{"revisionName": "iris-v4", "percent": 100}]
+    later = m.service_update("iris", "ns", first, template={"metadata": {"name": "iris-v5"}})
+    assert later["spec"]["traffic"] == first["spec"]["traffic"]
     assert m.state_of("iris", m.alias_traffic("iris", AliasState(1, 2, 1.0))) == AliasState(1, 2, 1.0)
+    untagged = m.service_update("iris", "ns", service, untag=2)["spec"]["traffic"]
+    assert [e.get("tag") for e in untagged] == [None, None, "v1", "v3"]
+    assert m.referenced("iris", [service]) == {2, 3}
+
+
+def test_what_another_tool_routed_is_kept_by_every_write_but_a_move() -> None:
+    """kn's own split and tags (a preview tag, three revisions) survive fnpack's deploys and deletes."""
+    theirs = [{"revisionName": "iris-v1", "percent": 50}, {"revisionName": "iris-v2", "percent": 30},
+              {"revisionName": "iris-v3", "percent": 20}, {"revisionName": "iris-v3", "percent": 0, "tag": "preview"}]
+    service = {"metadata": {"name": "iris", "annotations": {"fnpack.dev/last-version": "3", "other/x": "y"}},
+               "spec": {"template": {"metadata": {"name": "iris-v3"}}, "traffic": theirs}}
+    deployed = m.service_update("iris", "ns", service, template={"metadata": {"name": "iris-v4"}},
+                                annotations={m.LAST_VERSION: "4"})
+    assert deployed["spec"]["traffic"] == theirs
+    assert deployed["metadata"]["annotations"] == {"fnpack.dev/last-version": "4"}  # others' stay theirs
+    tagged = m.service_update("iris", "ns", deployed, tag=4)["spec"]["traffic"]
+    assert tagged[:4] == theirs and tagged[4] == {"revisionName": "iris-v4", "percent": 0, "tag": "v4"}
+    moved = m.service_update("iris", "ns", service, live=AliasState(4))["spec"]["traffic"]
+    assert moved[0] == {"revisionName": "iris-v4", "percent": 100} and moved[1]["tag"] == "preview"
+    assert m.last_version(service) == 3 and m.last_version({"metadata": {"annotations": {m.LAST_VERSION: "x"}}}) == 0
 
 
 def test_traffic_another_tool_wrote_is_no_alias_fnpack_can_name() -> None:
@@ -147,3 +175,38 @@ def test_the_history_annotation_keeps_the_newest_moves_and_rollbacks_still_skip_
     index, state = rollback_step(kept)  # the undone move is skipped, as before trimming
     assert (index, state) == (m.MAX_MOVES - 3, moves[-3].before)
     assert m.history_of({"metadata": {"annotations": {}}}) == []
+
+
+@pytest.mark.parametrize("text", ['{"a": 1}', '["x"]', "[1]", '[{"after": {"primary": 0}}]', "not json",
+                                  '[{"after": {"primary": 1}, "at": 5}]', '[{"after": {"primary": 1}, "undoes": "x"}]'])
+def test_a_hand_edited_history_is_a_clear_error_naming_the_object(text: str) -> None:
+    from fnpack.errors import FnpackError
+
+    with pytest.raises(FnpackError) as caught:
+        m.history_of({"metadata": {"name": "iris", "annotations": {m.HISTORY: text}}})
+    assert "fnpack.dev/history annotation of iris is not an fnpack alias history" in caught.value.message
+
+
+def test_the_history_annotation_stays_under_its_byte_budget() -> None:
+    moves = [AliasMove(AliasState(1), AliasState(2), "me", "t", "x" * 5000) for _ in range(100)]
+    text = m.history_text(moves)
+    assert len(text) <= m.MAX_HISTORY_BYTES and len(m.history_of({"metadata": {"annotations": {m.HISTORY: text}}})) > 10
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("pvc://models/../etc", "no '..'"), ("pvc://Models/x", "PersistentVolumeClaim"),
+    ("https://user:hunter2@store.local/fnpack", "no credentials"), ("s3://bucket//x", "empty parts")])
+def test_storage_uris_that_escape_or_carry_secrets_are_refused(uri: str, expected: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        KnativeSettings.layer({"storage": uri}, "the command line")
+    assert expected in caught.value.message
+    assert "hunter2" not in caught.value.message  # the password is not repeated
+
+
+def test_where_the_cluster_is_never_comes_from_a_spec() -> None:
+    """A cloned repository's fnpack.yaml, or an archive, must not pick this machine's cluster or run a
+    kubeconfig's exec plugin."""
+    for key in ("kubeconfig", "kube_context", "storage_path"):
+        with pytest.raises(UsageError) as caught:
+            KnativeSettings.from_spec({"knative": {key: "x"}})
+        assert f"knative.{key}" in caught.value.message and "machine" in caught.value.message

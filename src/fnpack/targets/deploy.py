@@ -136,13 +136,14 @@ class RemoteState:
     exists: bool = False
     versions: tuple[Version, ...] = ()
     aliases: Mapping[str, AliasState] = field(default_factory=dict)
+    last_number: int = 0  # the highest number the target ever gave, where it keeps one (deleted versions')
 
     def with_sha256(self, sha256: str) -> Version | None:
         return next((v for v in self.versions if v.sha256 == sha256), None)
 
     @property
     def next_number(self) -> int:
-        return max((v.number for v in self.versions), default=0) + 1
+        return max([v.number for v in self.versions] + [self.last_number], default=0) + 1
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 
 from fnpack.errors import ConflictError, NotFoundError, StartError
 from fnpack.targets.knative import manifests as m
-from fnpack.targets.knative.aliases import live_state
 from fnpack.targets.knative.kube import KubeApi
 from fnpack.versions import DEFAULT_ALIAS, AliasState, Qualifier, Version
 
@@ -104,7 +103,7 @@ class Cluster:
     def aliases(self, name: str, service: dict[str, Any] | None = None) -> dict[str, AliasState]:
         service = service or self.require(name)
         found: dict[str, AliasState] = {}
-        live = live_state(name, service)
+        live = m.live_state(name, service)
         if live is not None:
             found[DEFAULT_ALIAS] = live
         for route in self.alias_routes(name):
@@ -115,22 +114,36 @@ class Cluster:
 
     # --- status -------------------------------------------------------------------------------------------
 
-    def wait_ready(self, revision: str, deadline: float) -> None:
+    def wait_ready(self, revision: str, deadline: float, sha256: str | None = None) -> None:
         """Until the revision is Ready (its pods answer: the model is loaded); a StartError if Knative says it
-        failed, or after `deadline` seconds."""
+        failed (or cannot make it), or after `deadline` seconds and a minute's grace for Knative's own
+        verdict. `sha256`: the archive it must run (another deploy may have made a revision of that name)."""
+        function = revision.rsplit("-v", 1)[0]
 
         def ready() -> bool | None:
-            status, reason, message = condition(self.kube.get("revisions", revision))
+            found = self.kube.get("revisions", revision)
+            if found is not None and sha256 and m.fnpack_annotations(found).get(m.SHA256) != sha256:
+                raise ConflictError(f"the revision {revision} runs another archive: another deploy made it at the "
+                                    "same time", hint="deploy again")
+            status, reason, message = condition(found)
+            if found is None:  # not made yet: the Service may say why it cannot be
+                configured, reason, message = condition(self.kube.get("services", function), "ConfigurationsReady")
+                status = "False" if configured == "False" else "Unknown"
             if status == "True":
                 return True
             if status == "False":
                 raise StartError(f"the revision {revision} in {self.where()} failed to become ready: "
                                  f"{reason or 'no reason given'}: {message}",
-                                 hint="no alias was moved to it; fix the cause (see `fnpack logs`), deploy a new "
-                                      "build, and delete this version with `fnpack delete`")
+                                 hint="no alias was moved to it and the Service went back to the previous "
+                                      "version's template; fix the cause (see `fnpack logs`, `kubectl describe "
+                                      "revision`), then deploy a new build")
             return None
 
-        wait_until(ready, deadline, f"the revision {revision} in {self.where()} did not become ready")
+        wait_until(ready, deadline + 60, f"the revision {revision} in {self.where()} did not become ready")
+
+    def referenced(self, name: str, service: dict[str, Any]) -> set[int]:
+        """The versions the function's Service and alias Routes send requests to, however they were set."""
+        return m.referenced(name, [service, *self.alias_routes(name)])
 
     def invoke_url(self, qualifier: Qualifier) -> str:
         """The URL Knative gives the alias or version (`status`), or the one its default domain template gives
@@ -150,7 +163,10 @@ class Cluster:
             return f"{scheme}://{tag}-{name}.{self.namespace}.{domain}"
         if qualifier.alias not in (None, DEFAULT_ALIAS):
             route_name = m.route_name(name, str(qualifier.alias))
-            route = self.kube.get("routes", route_name) or {}
+            route = self.kube.get("routes", route_name)
+            if route is None:
+                raise NotFoundError(f"{name} has no alias {qualifier.alias!r} in {self.where()}",
+                                    hint=f"`fnpack alias list {name} --target knative` lists them")
             url = (route.get("status") or {}).get("url")
             return str(url or f"{scheme}://{route_name}.{self.namespace}.{domain}")
         return base

@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from fnpack.build.budget import human
-from fnpack.errors import ConflictError, FnpackError, UsageError
+from fnpack.errors import ConflictError, FnpackError, StartError, UsageError
 from fnpack.targets.base import actor
 from fnpack.targets.catalog import target_info
 from fnpack.targets.deploy import (Deployable, Deployer, Plan, Progress, Publish, RemoteState, SetAlias, Step, Upload,
                                    read_deployable)
 from fnpack.targets.history import move_alias, now
 from fnpack.targets.knative import manifests as m
-from fnpack.targets.knative.aliases import AliasObjects, apply_guarded, fnpack_annotations, live_state
+from fnpack.targets.knative.aliases import AliasObjects
 from fnpack.targets.knative.cluster import Cluster
+from fnpack.targets.knative.writes import apply_guarded, create_owned
 from fnpack.targets.knative.settings import KnativeSettings
 from fnpack.targets.knative.storage import ArchiveStore, open_store
 from fnpack.versions import DEFAULT_ALIAS, AliasMove, AliasState, Qualifier
@@ -59,7 +60,8 @@ class KnativeDeployer(Deployer):
         service = cluster.service(name)
         remote = RemoteState()
         if service is not None:
-            remote = RemoteState(True, tuple(cluster.versions(name)), cluster.aliases(name, service))
+            remote = RemoteState(True, tuple(cluster.versions(name)), cluster.aliases(name, service),
+                                 last_number=m.last_version(service))
         context = {"settings": settings, "cluster": cluster, "service": service, "store": store,
                    "stored": store.exists(deployable.sha256)}
         return remote, context
@@ -69,8 +71,7 @@ class KnativeDeployer(Deployer):
         store: ArchiveStore = context["store"]
         cluster: Cluster = context["cluster"]
         name, sha256 = deployable.name, deployable.sha256
-        last = int(fnpack_annotations(context["service"] or {}).get(m.LAST_VERSION, "0") or 0)
-        number = max(remote.next_number, last + 1)
+        number = remote.next_number
         steps: list[Step] = []
         if not context["stored"]:
             steps.append(Upload(f"upload {deployable.path.name} ({human(deployable.size)}) to {store.where(sha256)}",
@@ -92,35 +93,69 @@ class KnativeDeployer(Deployer):
         cluster: Cluster = plan.context["cluster"]
         if step.kind == "upload":
             plan.context["store"].put(plan.archive, plan.sha256)
-        elif isinstance(step, Publish):
-            arguments = dict(step.arguments)
-            self._publish(cluster, plan.function, int(step.number or 0), arguments["template"], plan.remote.exists)
-            cluster.wait_ready(arguments["revision"], plan.context["settings"].deadline_for(
-                "nvidia.com/gpu" in arguments["template"]["spec"]["containers"][0]["resources"]["limits"]))
-            done.version = next(v for v in cluster.versions(plan.function) if v.number == step.number)
-            done.created = True
-        else:
+            return
+        if not isinstance(step, Publish):
             raise FnpackError(f"the knative target has no step {step.kind!r}")
+        name, number = plan.function, int(step.number or 0)
+        template = dict(step.arguments)["template"]
+        self._publish(cluster, name, number, template, plan.remote.exists)
+        gpu = "nvidia.com/gpu" in template["spec"]["containers"][0]["resources"]["limits"]
+        try:
+            cluster.wait_ready(m.revision_name(name, number), plan.context["settings"].deadline_for(gpu), plan.sha256)
+        except StartError:
+            self._hand_back(cluster, name, number)
+            raise
+        self._tag(cluster, name, number)
+        done.version = next(v for v in cluster.versions(name) if v.number == number)
+        done.created = True
 
     def _publish(self, cluster: Cluster, name: str, number: int, template: dict[str, Any], existed: bool) -> None:
-        """Apply the Service with the new template; its traffic keeps every alias where it is (read now, not
-        at planning) and gains the new version's tag."""
+        """Apply the Service with the new template (its traffic, read now, stays as it is: the new version
+        gets its tag once ready, as Knative programs no route while a target is not ready)."""
         service = cluster.service(name)
         if service is None and existed:
             raise ConflictError(f"the Knative Service {name} was deleted since the plan was made", hint="deploy again")
         if service is not None and not existed:
             raise ConflictError(f"the Knative Service {name} was created by someone else since the plan was made",
                                 hint="deploy again")
-        traffic = (service or {}).get("spec", {}).get("traffic") or []
-        body = m.service_manifest(name, cluster.namespace, template,
-                                  m.service_traffic(name, live_state(name, service) if service else None, number,
-                                                    [*m.tagged_versions(name, traffic), number]),
-                                  {**fnpack_annotations(service or {}), m.LAST_VERSION: str(number)})
+        if service is not None and (m.last_version(service) >= number or
+                                    cluster.kube.get("revisions", m.revision_name(name, number)) is not None):
+            raise ConflictError(f"another deploy made {name} v{number} since the plan was made; nothing was changed",
+                                hint="deploy again")
+        body = m.service_update(name, cluster.namespace, service, template=template,
+                                annotations={m.LAST_VERSION: str(number)})
         m.check(body)
-        if service is None:
-            cluster.kube.apply("services", body)
-        else:  # guarded: a move or deploy since this read is a conflict
+        if service is not None:
             apply_guarded(cluster.kube, "services", body, service)
+            return
+        if cluster.kube.get("routes", name) is not None:  # an alias of another function has this host
+            raise ConflictError(f"a Route {name} exists already (an alias of another function?): its host would be "
+                                f"this function's", hint="deploy under another name")
+        try:
+            create_owned(cluster.kube, "services", body)
+        except ConflictError:
+            raise ConflictError(f"the Knative Service {name} was created by someone else at the same time; nothing "
+                                "was changed", hint="deploy again") from None
+
+    def _tag(self, cluster: Cluster, name: str, number: int) -> None:
+        """The version's own URL (and Knative's promise not to collect it): its 0% tag `vN`."""
+        service = cluster.require(name)
+        body = m.service_update(name, cluster.namespace, service, tag=number)
+        if body["spec"]["traffic"] != (service.get("spec") or {}).get("traffic"):
+            m.check(body)
+            apply_guarded(cluster.kube, "services", body, service)
+
+    def _hand_back(self, cluster: Cluster, name: str, number: int) -> None:
+        """After a revision that never got ready: the Service's template goes back to the newest other
+        version's, so the Service is ready again (the failed revision stays, a version to delete)."""
+        older = [v.number for v in cluster.versions(name) if v.number != number]
+        service = cluster.service(name)
+        revision = cluster.kube.get("revisions", m.revision_name(name, max(older))) if older else None
+        if service is None or revision is None:
+            return
+        body = m.service_update(name, cluster.namespace, service, template=m.template_of(revision))
+        m.check(body)
+        apply_guarded(cluster.kube, "services", body, service)
 
     def find_version(self, plan: Plan, number: int, done: Progress) -> None:
         cluster: Cluster = plan.context["cluster"]
@@ -128,7 +163,10 @@ class KnativeDeployer(Deployer):
         if done.version is None:
             raise ConflictError(f"{plan.function} v{number} was deleted since the plan was made", hint="deploy again")
         # An alias moves to it next: not if its pods never became ready (a failed deploy of the same archive).
-        cluster.wait_ready(m.revision_name(plan.function, number), plan.context["settings"].deadline_for(False))
+        revision = m.revision_name(plan.function, number)
+        cluster.wait_ready(revision, m.deadline_of(cluster.kube.get("revisions", revision),
+                                                   plan.context["settings"].deadline_for(False)), plan.sha256)
+        self._tag(cluster, plan.function, number)
 
     def aliases(self, plan: Plan) -> dict[str, AliasState]:
         return plan.context["cluster"].aliases(plan.function)
@@ -147,37 +185,30 @@ def planned_manifests(plan: Plan) -> list[dict[str, Any]]:
     """What the cluster will hold for the function once the plan is carried out, as manifests `kubectl apply`
     takes (for GitOps: `fnpack deploy --dry-run -o yaml`). The alias move is in them with its history."""
     cluster: Cluster = plan.context["cluster"]
-    service = plan.context["service"] or {}
+    service = plan.context["service"]
     name = plan.function
-    template = service.get("spec", {}).get("template")
-    number = None
+    template, number = None, None
     for step in plan.steps:
         if isinstance(step, Publish):
             template, number = dict(step.arguments)["template"], int(step.number or 0)
-    if template is None:
-        raise ConflictError(f"the Knative Service {name} has no template to export", hint="deploy it first")
-    traffic = service.get("spec", {}).get("traffic") or []
-    versions = [*m.tagged_versions(name, traffic), *([number] if number else [])]
-    newest = number or max(versions, default=1)
-    live = live_state(name, service) if service else None
-    annotations = {**fnpack_annotations(service), **({m.LAST_VERSION: str(number)} if number else {})}
-    extra: list[dict[str, Any]] = []
+    live: AliasState | None = None
+    annotations = {m.LAST_VERSION: str(number)} if number else {}
+    routes: list[dict[str, Any]] = []
     for step in plan.steps:
         if not isinstance(step, SetAlias):
             continue
-        state = AliasState(step.version or newest)
-        moves = m.history_of(service if step.alias == DEFAULT_ALIAS else
-                             (cluster.kube.get("routes", m.route_name(name, step.alias)) or {}))
-        moves.append(AliasMove(step.before, state, actor(), now(), step.reason))
+        state = AliasState(step.version or number or 1)
         if step.alias == DEFAULT_ALIAS:
-            live = state
-            annotations[m.HISTORY] = m.history_text(moves)
+            live, seen = state, service
         else:
-            extra.append(m.route_manifest(name, step.alias, cluster.namespace, state,
-                                          {m.HISTORY: m.history_text(moves)}))
-    manifests = [m.service_manifest(name, cluster.namespace, template,
-                                    m.service_traffic(name, live, newest, versions), annotations), *extra]
+            seen = cluster.kube.get("routes", m.route_name(name, step.alias))
+        history = m.history_text([*m.history_of(seen), AliasMove(step.before, state, actor(), now(), step.reason)])
+        if step.alias == DEFAULT_ALIAS:
+            annotations[m.HISTORY] = history
+        else:
+            routes.append(m.route_manifest(name, step.alias, cluster.namespace, state, {m.HISTORY: history}))
+    manifests = [m.service_update(name, cluster.namespace, service, template=template, live=live, tag=number,
+                                  annotations=annotations), *routes]
     for manifest in manifests:
         m.check(manifest)
     return manifests
-

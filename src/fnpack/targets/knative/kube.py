@@ -179,6 +179,13 @@ class KubeApi:
         path = self.path(resource, namespace=meta.get("namespace"), group=body.get("apiVersion") or GROUP)
         return self._json(self.request("POST", path, params=params, json=body, _body=body))
 
+    def patch(self, resource: str, name: str, operations: list[Obj], *, namespace: str | None = None,
+              group: str = GROUP) -> Obj:
+        """A JSON patch (RFC 6902): its `test` operations make it conditional (a failed one is a refusal)."""
+        path = self.path(resource, name, namespace=namespace, group=group)
+        return self._json(self.request("PATCH", path, content=json.dumps(operations),
+                                       headers={"Content-Type": "application/json-patch+json"}))
+
     def delete(self, resource: str, name: str, *, namespace: str | None = None, group: str = GROUP) -> bool:
         """Delete the object (its dependents in the background); False when it was not there."""
         path = self.path(resource, name, namespace=namespace, group=group)

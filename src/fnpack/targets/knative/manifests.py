@@ -44,6 +44,9 @@ PORT = 8080
 READY_PATH = "/healthz"  # the runtime listens only once the model is loaded
 CACHE_DIR = "/tmp/fnpack-cache"
 MAX_MOVES = 200  # kept per alias: an object's annotations hold 256 KiB in all
+MAX_HISTORY_BYTES = 128 * 1024
+MAX_TIMEOUT = 600  # Knative's max-revision-timeout-seconds default
+MAX_CONCURRENCY = 1000  # Knative's container-concurrency-max-limit default
 _REVISION = re.compile(r"(?P<function>[a-z]([-a-z0-9]*[a-z0-9])?)-v(?P<number>[0-9]{1,9})")
 
 
@@ -158,16 +161,6 @@ def alias_traffic(function: str, state: AliasState) -> list[dict[str, Any]]:
     return entries
 
 
-def service_traffic(function: str, live: AliasState | None, newest: int,
-                    versions: Iterable[int]) -> list[dict[str, Any]]:
-    """The Service's traffic: the live alias (until it is set, Knative must still route the Service
-    somewhere: the newest version), then a 0% target tagged vN per version."""
-    entries = alias_traffic(function, live or AliasState(newest))
-    entries += [{"revisionName": revision_name(function, n), "percent": 0, "tag": version_tag(n)}
-                for n in sorted(set(versions))]
-    return entries
-
-
 def state_of(function: str, traffic: Iterable[Mapping[str, Any]]) -> AliasState | None:
     """The alias a traffic block's untagged targets make; None when it is not one fnpack can say (another
     tool routed it: more than two revisions, a revision not named NAME-vN, `latestRevision`)."""
@@ -209,26 +202,124 @@ def route_manifest(function: str, alias: str, namespace: str, state: AliasState,
 
 
 def history_of(obj: Mapping[str, Any] | None) -> list[AliasMove]:
+    """The moves in an object's history annotation; a hand-edited one that is no history is a clear error."""
     from fnpack.targets.base import move_from_dict
 
-    text = ((obj or {}).get("metadata", {}).get("annotations") or {}).get(HISTORY)
+    meta = (obj or {}).get("metadata") or {}
+    text = (meta.get("annotations") or {}).get(HISTORY)
     if not text:
         return []
     try:
-        return [move_from_dict(move) for move in json.loads(text)]
-    except (ValueError, KeyError, TypeError) as exc:
-        name = (obj or {}).get("metadata", {}).get("name")
-        raise FnpackError(f"the {HISTORY} annotation of {name} is not an fnpack alias history ({exc})",
-                          hint="fix or remove it with `kubectl annotate`, then try again") from None
+        entries = json.loads(text)
+        if not isinstance(entries, list):
+            raise TypeError("not a list of moves")
+        moves = []
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("at", ""), str) or \
+                    not isinstance(entry.get("undoes"), (int, type(None))) or isinstance(entry.get("undoes"), bool):
+                raise TypeError(f"entry {index} is not a move")
+            moves.append(move_from_dict(entry))
+    except (ValueError, KeyError, TypeError, AttributeError, FnpackError) as exc:
+        detail = exc.message if isinstance(exc, FnpackError) else str(exc)
+        raise FnpackError(f"the {HISTORY} annotation of {meta.get('name')} is not an fnpack alias history "
+                          f"({detail})", hint="fix or remove it with `kubectl annotate`, then try again") from None
+    return moves
 
 
 def history_text(moves: list[AliasMove]) -> str:
-    """The moves as the annotation's JSON, the oldest dropped past MAX_MOVES. Rollback indexes follow; a
-    rollback of a dropped move keeps -1 (still a rollback, which a later rollback skips)."""
+    """The moves as the annotation's JSON, the oldest dropped past MAX_MOVES or MAX_HISTORY_BYTES. Rollback
+    indexes follow; a rollback of a dropped move keeps -1 (still a rollback, which a later rollback skips)."""
     dropped = max(0, len(moves) - MAX_MOVES)
-    kept = [replace(move, undoes=None if move.undoes is None else max(-1, move.undoes - dropped))
-            for move in moves[dropped:]]
-    return json.dumps([asdict(move) for move in kept], separators=(",", ":"))
+    while True:
+        kept = [replace(move, undoes=None if move.undoes is None else max(-1, move.undoes - dropped))
+                for move in moves[dropped:]]
+        text = json.dumps([asdict(move) for move in kept], separators=(",", ":"))
+        if len(text) <= MAX_HISTORY_BYTES or len(kept) <= 1:
+            return text
+        dropped += max(1, len(kept) // 10)
+
+
+def fnpack_annotations(obj: Mapping[str, Any] | None) -> dict[str, str]:
+    """The annotations fnpack owns on an object (a rewrite keeps them; others' belong to their managers)."""
+    found = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    return {key: value for key, value in found.items() if key.startswith("fnpack.dev/")}
+
+
+def last_version(service: Mapping[str, Any] | None) -> int:
+    """The highest version number the Service has had (numbers are never reused, even after a delete)."""
+    text = fnpack_annotations(service).get(LAST_VERSION, "0")
+    return int(text) if text.isdigit() else 0
+
+
+def live_state(function: str, service: Mapping[str, Any]) -> AliasState | None:
+    """Where `live` points: the Service's untagged traffic, once live has been set (until then Knative
+    routes the Service to the first version, which is no alias)."""
+    if not history_of(service):
+        return None
+    return state_of(function, (service.get("spec") or {}).get("traffic") or [])
+
+
+def service_update(function: str, namespace: str, service: Mapping[str, Any] | None, *,
+                   template: Mapping[str, Any] | None = None, live: AliasState | None = None,
+                   tag: int | None = None, untag: int | None = None,
+                   annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The Service fnpack applies, from the one read (None: a new one). What the change does not name is
+    kept as read: the template, the untagged traffic (another tool's split included) unless `live` moves,
+    every tag but the version tag `untag` drops (another tool's included), fnpack's annotations. `tag` adds
+    version N's tag; a new Service routes all its traffic to its first version."""
+    current = dict(service or {})
+    spec = current.get("spec") or {}
+    template = template if template is not None else spec.get("template")
+    if template is None:
+        raise FnpackError(f"the Knative Service {function} has no template", hint="was it made by fnpack?")
+    traffic = list(spec.get("traffic") or [])
+    untagged = [e for e in traffic if not e.get("tag")]
+    tagged = [e for e in traffic if e.get("tag") and not (untag is not None and _is_version_tag(function, e, untag))]
+    if live is not None:
+        untagged = alias_traffic(function, live)
+    elif not untagged:
+        first = version_of(function, str((template.get("metadata") or {}).get("name") or ""))
+        untagged = alias_traffic(function, AliasState(first or 1))
+    if tag is not None and not any(_is_version_tag(function, e, tag) for e in tagged):
+        tagged.append({"revisionName": revision_name(function, tag), "percent": 0, "tag": version_tag(tag)})
+    return service_manifest(function, namespace, template, untagged + tagged,
+                            {**fnpack_annotations(service), **(annotations or {})})
+
+
+def _is_version_tag(function: str, entry: Mapping[str, Any], number: int) -> bool:
+    return entry.get("tag") == version_tag(number) and entry.get("revisionName") == revision_name(function, number)
+
+
+def referenced(function: str, objects: Iterable[Mapping[str, Any] | None]) -> set[int]:
+    """The versions the objects' traffic sends requests to (their untagged targets)."""
+    found = set()
+    for obj in objects:
+        for entry in ((obj or {}).get("spec") or {}).get("traffic") or []:
+            number = version_of(function, str(entry.get("revisionName") or ""))
+            if number is not None and not entry.get("tag"):
+                found.add(number)
+    return found
+
+
+# What a revision's template carries over when it is made the Service's template again.
+_TEMPLATE_ANNOTATIONS = ("fnpack.dev/", "autoscaling.knative.dev/", NO_GC, "serving.knative.dev/progress-deadline")
+
+
+def template_of(revision: Mapping[str, Any]) -> dict[str, Any]:
+    """The Service template that makes this revision (under its own name, so Knative makes nothing new)."""
+    meta = revision.get("metadata") or {}
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in (MANAGED_BY, FUNCTION, VERSION)}
+    if not labels or "spec" not in revision:
+        raise FnpackError(f"the revision {meta.get('name')} carries no fnpack template", hint="was it made by fnpack?")
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(_TEMPLATE_ANNOTATIONS)}
+    return {"metadata": {"name": meta["name"], "labels": labels, "annotations": annotations}, "spec": revision["spec"]}
+
+
+def deadline_of(revision: Mapping[str, Any] | None, default: int) -> int:
+    """The revision's own progress deadline in seconds (its annotation), else `default`."""
+    text = (((revision or {}).get("metadata") or {}).get("annotations") or {}).get(
+        "serving.knative.dev/progress-deadline", "")
+    return int(text[:-1]) if text.endswith("s") and text[:-1].isdigit() else default
 
 
 # --- what Knative's webhook would refuse -----------------------------------------------------------------
@@ -248,6 +339,13 @@ def check(manifest: Mapping[str, Any]) -> None:
             reserved = sorted({e["name"] for e in container.get("env", [])} & KNATIVE_RESERVED_ENV)
             if reserved:
                 problems.append(f"its environment sets {', '.join(reserved)}, which Knative reserves")
+    pod = ((spec.get("template") or {}).get("spec") or {}) if kind == "Service" else {}
+    if int(pod.get("timeoutSeconds") or 0) > MAX_TIMEOUT:
+        problems.append(f"its timeoutSeconds {pod['timeoutSeconds']} is over Knative's default maximum of "
+                        f"{MAX_TIMEOUT} (resources.timeout; a cluster may raise max-revision-timeout-seconds)")
+    if int(pod.get("containerConcurrency") or 0) > MAX_CONCURRENCY:
+        problems.append(f"its containerConcurrency {pod['containerConcurrency']} is over Knative's maximum of "
+                        f"{MAX_CONCURRENCY} (scaling.target_concurrency)")
     traffic = spec.get("traffic") or []
     if traffic:
         total = sum(int(entry.get("percent") or 0) for entry in traffic)

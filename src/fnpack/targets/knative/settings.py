@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from fnpack.errors import UsageError
 from fnpack.targets.settings import TargetSettings, setting
 
 # Used with fullmatch() only. A namespace, Secret or service account name is a DNS-1123 label.
@@ -23,6 +24,9 @@ STORAGE_SCHEMES = ("s3://", "http://", "https://", "pvc://")
 KNATIVE_RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 DEFAULT_IMAGE = "ghcr.io/fnpack/runtime:{runtime}-cpu"
 DEFAULT_GPU_IMAGE = "ghcr.io/fnpack/runtime:{runtime}-cuda13"
+# Where the cluster is, who deploys and this machine's folders: never from a spec (an exec plugin in a
+# kubeconfig runs code), only from flags, variables and contexts.
+MACHINE_ONLY = frozenset({"kubeconfig", "kube_context", "storage_path"})
 DEFAULT_PROGRESS_DEADLINE = 600  # Knative's own default, seconds
 GPU_PROGRESS_DEADLINE = 1800  # a pod may wait for a GPU node to be provisioned (kserve#1247)
 
@@ -68,7 +72,13 @@ class KnativeSettings(TargetSettings):
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> KnativeSettings:
-        return cls.layer(cls.section(spec, "knative"), "fnpack.yaml")
+        section = cls.section(spec, "knative")
+        local = sorted(k for k in MACHINE_ONLY if section.get(k) is not None)
+        if local:  # a cloned repository or an archive must not pick this machine's cluster and credentials
+            raise UsageError(f"knative.{local[0]} in fnpack.yaml is a setting of the machine that deploys, not of "
+                             "the function", hint=f"pass --{local[0].replace('_', '-')}, set its FNPACK_ variable, or "
+                                                  "keep it in a context (fnpack context set)")
+        return cls.layer(section, "fnpack.yaml")
 
     def image_for(self, runtime: str, gpu: bool) -> str:
         return self.image or (DEFAULT_GPU_IMAGE if gpu else DEFAULT_IMAGE).format(runtime=runtime)
@@ -93,6 +103,16 @@ class KnativeSettings(TargetSettings):
                              "pvc://CLAIM[/PATH]")
         if any(ch.isspace() or ord(ch) < 32 for ch in uri):
             raise ValueError(f"{uri!r} contains spaces or control characters")
+        scheme, _, rest = uri.partition("://")
+        where, _, path = rest.partition("/")
+        if "@" in where:  # it would be in every revision's arguments, plans and YAML
+            raise ValueError(f"{scheme}://{where.rsplit('@', 1)[1]}/...: no credentials in the storage URI; give "
+                             "them to boto3 (AWS_* variables) and to the pods through storage_secret")
+        parts = path.rstrip("/").split("/") if path.rstrip("/") else []
+        if ".." in parts or "" in parts:
+            raise ValueError(f"{uri!r}: a storage path has no '..' or empty parts")
+        if scheme == "pvc" and not DNS_LABEL.fullmatch(where):
+            raise ValueError(f"{where!r} is not a PersistentVolumeClaim name (pvc://CLAIM/PATH)")
         return uri.rstrip("/")
 
     @field_validator("storage_endpoint", "ingress")

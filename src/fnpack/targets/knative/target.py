@@ -19,18 +19,17 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from fnpack.errors import ConflictError, FnpackError, NotFoundError, StartError, UsageError
+from fnpack.errors import ConflictError, FnpackError, NotFoundError, StartError
 from fnpack.targets.base import FunctionSummary, Invocation, InvokeError, Target, actor
 from fnpack.targets.deploy import Deployer, Plan
 from fnpack.targets.history import ANY, Expect, move_alias, rollback_alias
 from fnpack.targets.knative import manifests as m
-from fnpack.targets.knative.aliases import AliasObjects, apply_guarded, fnpack_annotations, live_state
+from fnpack.targets.knative.aliases import AliasObjects
 from fnpack.targets.knative.cluster import Cluster, condition
+from fnpack.targets.knative.writes import apply_guarded
 from fnpack.targets.knative.settings import KnativeSettings
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
 
-# What a revision's template carries over when a deleted latest version hands the template to an older one.
-_TEMPLATE_ANNOTATIONS = ("fnpack.dev/", "autoscaling.knative.dev/", m.NO_GC, "serving.knative.dev/progress-deadline")
 
 
 class KnativeTarget(Target):
@@ -101,7 +100,9 @@ class KnativeTarget(Target):
 
     def set_alias(self, name: str, alias: str, state: AliasState, reason: str | None = None,
                   expect: AliasState | None | Expect = ANY) -> AliasMove:
-        m.percent(state.weight)  # a split Knative cannot route is refused before anything is read
+        # Knative splits by whole percents: a split it cannot route is refused before anything is read, and
+        # the weight recorded is the one routed (0.1000001 is 10%).
+        state = AliasState(state.primary, state.canary, m.percent(state.weight) / 100)
         objects = AliasObjects(self.cluster.kube, name)
         return move_alias(objects, objects, name, alias, state, versions=self._numbers(name), actor=actor(),
                           reason=reason, expect=expect)
@@ -128,33 +129,33 @@ class KnativeTarget(Target):
         if not doomed:
             raise NotFoundError(f"{name} has no version {version}",
                                 hint=f"its versions are: {', '.join(f'v{v.number}' for v in found) or 'none'}")
-        users = sorted(a for a, s in cluster.aliases(name).items() if version in s.versions)
+        service = cluster.require(name)
+        users = sorted(a for a, s in cluster.aliases(name, service).items() if version in s.versions)
         if users:
             raise ConflictError(f"{name} v{version} is in use by alias {', '.join(users)}",
                                 hint=f"move the alias first (fnpack alias set {name} {users[0]} VERSION)")
+        if version in cluster.referenced(name, service):  # routed there by another tool, or before live was set
+            raise ConflictError(f"{name} v{version} receives traffic (the Service's or a Route's, not through an "
+                                "alias fnpack knows)", hint=f"point live at another version first "
+                                                            f"(fnpack alias set {name} live VERSION)")
         rest = [v.number for v in found if v.number != version]
         if not rest:
             raise ConflictError(f"v{version} is the only version of {name}: Knative would make it again from the "
                                 "Service's template", hint=f"delete the whole function (fnpack delete {name})")
-        self._untag(name, version, rest)
+        self._untag(name, version, max(rest), service)
         kube.delete("revisions", m.revision_name(name, version))
         return doomed
 
-    def _untag(self, name: str, version: int, rest: list[int]) -> None:
+    def _untag(self, name: str, version: int, newest: int, service: dict[str, Any]) -> None:
         """The Service without the version's tag; if its template made that version, the newest remaining
         version's template takes over (else Knative would make the deleted revision again)."""
-        service = self.cluster.require(name)
-        template = service["spec"]["template"]
-        if template.get("metadata", {}).get("name") == m.revision_name(name, version):
-            newest = self.cluster.kube.get("revisions", m.revision_name(name, max(rest)))
-            if newest is None:
-                raise ConflictError(f"the revision of {name} v{max(rest)} is gone", hint="see `fnpack describe`")
-            template = _template_of(newest)
-        traffic = service.get("spec", {}).get("traffic") or []
-        tags = [n for n in m.tagged_versions(name, traffic) if n != version]
-        body = m.service_manifest(name, self.cluster.namespace, template,
-                                  m.service_traffic(name, live_state(name, service), max(rest), tags),
-                                  fnpack_annotations(service))
+        template = None
+        if (service["spec"]["template"].get("metadata") or {}).get("name") == m.revision_name(name, version):
+            revision = self.cluster.kube.get("revisions", m.revision_name(name, newest))
+            if revision is None:
+                raise ConflictError(f"the revision of {name} v{newest} is gone", hint="see `fnpack describe`")
+            template = m.template_of(revision)
+        body = m.service_update(name, self.cluster.namespace, service, template=template, untag=version)
         m.check(body)
         apply_guarded(self.cluster.kube, "services", body, service)
 
@@ -174,10 +175,11 @@ class KnativeTarget(Target):
         status, reason, message = condition(service)
         if status == "False":
             errors.append(f"Service {name}: {reason}: {message}")
-        template = service["spec"]["template"]
+        template = (service.get("spec") or {}).get("template") or {}
+        containers = (template.get("spec") or {}).get("containers") or [{}]
         details = {"namespace": self.cluster.namespace, "context": self.cluster.kube.connection.context,
                    "ready": status, "latest revision": (service.get("status") or {}).get("latestReadyRevisionName"),
-                   "image": template["spec"]["containers"][0].get("image"),
+                   "image": containers[0].get("image"),
                    "archive": (template.get("metadata", {}).get("annotations") or {}).get(m.ARCHIVE),
                    "logs": f"fnpack logs {name} --target knative"}
         return instances, errors, details
@@ -238,13 +240,3 @@ class KnativeTarget(Target):
         return self.cluster.invoke_url(qualifier)
 
 
-def _template_of(revision: dict[str, Any]) -> dict[str, Any]:
-    """The Service template that makes this revision again (under its own name, so Knative makes nothing)."""
-    meta = revision["metadata"]
-    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in (m.MANAGED_BY, m.FUNCTION, m.VERSION)}
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
-                   if k.startswith(_TEMPLATE_ANNOTATIONS)}
-    if not labels:
-        raise UsageError(f"the revision {meta['name']} carries no fnpack labels", hint="was it made by fnpack?")
-    return {"metadata": {"name": meta["name"], "labels": labels, "annotations": annotations},
-            "spec": revision["spec"]}
