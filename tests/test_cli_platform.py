@@ -276,8 +276,10 @@ def test_no_gateway_is_a_clear_error(tmp_path):
     assert f"no fnpack platform at {url}" in done.stderr and "fnpack serve" in done.stderr
     as_json = fnpack("invoke", "iris", "--data", "{}", "--json", env=env)
     assert as_json.code == 11 and json.loads(as_json.stderr)["error"] == "start"
-    other = fnpack("ls", "--target", "knative", env=env)
-    assert other.code == 2 and "not available yet" in other.stderr
+    # a cluster target with no cluster configured: where fnpack looked and how to name one
+    other = fnpack("ls", "--target", "knative", env={**env, "KUBECONFIG": "", "FNPACK_KUBECONFIG": "",
+                                                     "HOME": str(tmp_path)})
+    assert other.code == 2 and "no kubeconfig" in other.stderr and "--kubeconfig" in other.stderr, other.stderr
 
 
 def test_up_builds_starts_deploys_and_shows_how_to_call(iris, tmp_path):
