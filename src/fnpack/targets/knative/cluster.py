@@ -141,6 +141,20 @@ class Cluster:
 
         wait_until(ready, deadline + 60, f"the revision {revision} in {self.where()} did not become ready")
 
+    def wait_observed(self, name: str, timeout: float = 30.0) -> None:
+        """Until Knative's status of the Service follows its last change (its URLs are in it), or `timeout`:
+        a deploy that waited for its revision need not fail on a route Knative is still programming."""
+        def observed() -> bool | None:
+            found = self.kube.get("services", name) or {}
+            status = found.get("status") or {}
+            done = status.get("observedGeneration") == (found.get("metadata") or {}).get("generation")
+            return True if done and status.get("url") else None
+
+        try:
+            wait_until(observed, timeout, "")
+        except StartError:
+            pass
+
     def referenced(self, name: str, service: dict[str, Any]) -> set[int]:
         """The versions the function's Service and alias Routes send requests to, however they were set."""
         return m.referenced(name, [service, *self.alias_routes(name)])

@@ -106,6 +106,7 @@ class KnativeDeployer(Deployer):
             self._hand_back(cluster, name, number)
             raise
         self._tag(cluster, name, number)
+        cluster.wait_observed(name)  # the URLs the deploy prints are Knative's own
         done.version = next(v for v in cluster.versions(name) if v.number == number)
         done.created = True
 
