@@ -5,6 +5,11 @@ workers: fetch the archive (file://, http(s)://, s3://), verify its hash,
 unpack it with the safe reader, import its handler (which loads the model),
 and only then listen, so that readiness means the model is loaded. Any failure
 before that ends with one message and a non-zero exit: never a half-started server.
+
+--archive and --sha256 default to $FNPACK_ARCHIVE and $FNPACK_SHA256 (an OpenFaaS
+deployment has an environment but no arguments). With $FNPACK_ROUTE set instead, the
+worker serves an alias's router (fnpack.router) rather than an archive. SIGTERM stops
+it gracefully (requests in flight finish) and it then exits 0.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from fnpack.errors import FnpackError, StartError
+from fnpack.errors import FnpackError, StartError, UsageError
 
 
 def default_cache() -> Path:
@@ -66,17 +72,24 @@ def serve(app: Any, host: str, port: int) -> None:
 
     from fnpack.http_server import make_config
 
-    uvicorn.Server(make_config(app, host=host, port=port)).run()
+    server = uvicorn.Server(make_config(app, host=host, port=port))
+    # uvicorn handles SIGTERM (stop accepting, let requests in flight finish: make_config sets no graceful
+    # timeout), then restores the handler it found and raises the signal again: with this one found, a
+    # graceful stop ends in exit 0 rather than death by SIGTERM.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run()
     # Exit now: a thread stuck in a timed-out call (watchdog.py) would hold the interpreter's exit forever.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(0 if server.started else 1)  # not started: the application's start-up failed (logged above)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fnpack.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--archive", required=True, help="file://, http(s):// or s3:// URI, or a path")
-    parser.add_argument("--sha256", required=True, help="the archive's expected sha256")
+    parser.add_argument("--archive", default=os.environ.get("FNPACK_ARCHIVE") or None,
+                        help="file://, http(s):// or s3:// URI, or a path (default: $FNPACK_ARCHIVE)")
+    parser.add_argument("--sha256", default=os.environ.get("FNPACK_SHA256") or None,
+                        help="the archive's expected sha256 (default: $FNPACK_SHA256)")
     parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--cache-dir", type=Path, default=default_cache())
@@ -84,8 +97,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.Formatter.converter = time.gmtime  # UTC, the platform's and the logs' one time format
     logging.basicConfig(level=logging.INFO, datefmt="%Y-%m-%dT%H:%M:%S",
                         format="%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s")
+    route = os.environ.get("FNPACK_ROUTE")
     try:
-        app = load_app(prepare(args.archive, args.sha256, args.cache_dir))
+        if route:
+            if args.archive or args.sha256:
+                raise UsageError("FNPACK_ROUTE is set, and so is an archive (--archive/--sha256 or "
+                                 "FNPACK_ARCHIVE/FNPACK_SHA256): a worker serves one or the other",
+                                 hint="unset FNPACK_ROUTE to serve the archive, or the archive to serve the router")
+            from fnpack.router import create_router
+
+            app = create_router(route)
+        else:
+            missing = [f"{variable} (--{flag})" for flag, variable, value in
+                       (("archive", "FNPACK_ARCHIVE", args.archive), ("sha256", "FNPACK_SHA256", args.sha256))
+                       if not value]
+            if missing:
+                raise UsageError(f"no archive to serve: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'}"
+                                 " not set", hint="set FNPACK_ARCHIVE=URI and FNPACK_SHA256=HEX, or pass --archive "
+                                 "URI --sha256 HEX (FNPACK_ROUTE serves an alias's router instead)")
+            app = load_app(prepare(args.archive, args.sha256, args.cache_dir))
     except FnpackError as exc:
         print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return exc.exit_code
