@@ -16,6 +16,7 @@ from fnpack.errors import SpecError
 from fnpack.targets.aws_lambda.settings import LambdaSettings
 from fnpack.targets.catalog import TARGETS as DEPLOY_TARGETS
 from fnpack.targets.knative.settings import KnativeSettings
+from fnpack.targets.openfaas.settings import OpenFaaSSettings
 
 SPEC_FILE = "fnpack.yaml"
 RUNTIMES = ("python3.11", "python3.12")
@@ -127,6 +128,7 @@ class FunctionSpec(_Strict):
     aws_lambda: LambdaSettings = Field(default_factory=LambdaSettings,
                                           description="Settings of the aws-lambda target.")
     knative: KnativeSettings = Field(default_factory=KnativeSettings, description="Settings of the knative target.")
+    openfaas: OpenFaaSSettings = Field(default_factory=OpenFaaSSettings, description="Settings of the openfaas target.")
 
     @field_validator("aws_lambda")
     @classmethod
@@ -137,12 +139,15 @@ class FunctionSpec(_Strict):
                              "built for; set `arch` alone")
         return settings
 
-    @field_validator("knative", mode="before")
+    @field_validator("knative", "openfaas", mode="before")
     @classmethod
-    def _knative_machine_settings(cls, section: Any) -> Any:
-        from fnpack.targets.knative.settings import MACHINE_ONLY
+    def _no_machine_settings(cls, section: Any, info: ValidationInfo) -> Any:
+        """Where the cluster or gateway is and who deploys are the deploying machine's, never a spec's."""
+        from fnpack.targets.knative.settings import MACHINE_ONLY as KNATIVE_MACHINE
+        from fnpack.targets.openfaas.settings import MACHINE_ONLY as OPENFAAS_MACHINE
 
-        local = sorted(k for k in MACHINE_ONLY if section.get(k) is not None) if isinstance(section, dict) else []
+        machine = KNATIVE_MACHINE if info.field_name == "knative" else OPENFAAS_MACHINE
+        local = sorted(k for k in machine if section.get(k) is not None) if isinstance(section, dict) else []
         if local:
             raise ValueError(f"{local[0]} is a setting of the machine that deploys, not of the function: pass "
                              f"--{local[0].replace('_', '-')} or keep it in a context")

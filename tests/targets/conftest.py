@@ -424,10 +424,96 @@ def knative_harness(kube_cluster: Any, moto_endpoint: str,
         assert fake.violations == []  # nothing fnpack sent is what Knative's webhook would refuse
 
 
+# --- openfaas: the fake gateway running each function as real processes, moto's S3 as model storage ---------
+
+FAAS_BUCKET = "fnpack-faas"
+FAAS_PASSWORD = "contract-secret"
+
+
+class OpenFaaSHarness(Harness):
+    name = "openfaas"
+    create_actions = ("upload", "publish")
+    update_actions = ("upload", "publish")
+
+    def __init__(self, builds: Path, env: dict[str, str], elsewhere: Path, gateway: str) -> None:
+        # another machine: the gateway and its password only (the history's bucket is found from the gateway)
+        super().__init__(builds, env, second_env={"FNPACK_OPENFAAS_STORAGE": "", "FNPACK_STATE_DIR": str(elsewhere),
+                                                  "USER": "colleague", "LOGNAME": "colleague"})
+        import boto3
+
+        self.gateway = gateway
+        self.raw = httpx.Client(base_url=gateway, auth=("admin", FAAS_PASSWORD), timeout=60, trust_env=False)
+        self.s3 = boto3.client("s3")
+
+    def flags(self) -> dict[str, Any]:
+        return {"gateway": self.gateway, "password": FAAS_PASSWORD, "edition": "pro",
+                "storage": f"s3://{FAAS_BUCKET}/contract", "upstream": self.env["FNPACK_OPENFAAS_UPSTREAM"]}
+
+    def second_flags(self) -> dict[str, Any]:
+        return {"gateway": self.gateway, "password": FAAS_PASSWORD, "edition": "pro",
+                "upstream": self.env["FNPACK_OPENFAAS_UPSTREAM"]}
+
+    def url(self, function: str, qualifier: str | None = None) -> str:
+        if qualifier and qualifier.isdigit():
+            return f"{self.gateway}/function/{function}-v{qualifier}"
+        return f"{self.gateway}/function/{function}" + (f"-{qualifier}" if qualifier else "")
+
+    def native_alias(self, function: str, alias: str) -> AliasState | None:
+        """The route in the alias's router function, as the gateway reads it back."""
+        answer = self.raw.get(f"/system/function/{function if alias == 'live' else f'{function}-{alias}'}")
+        if answer.status_code == 404:
+            return None
+        answer.raise_for_status()
+        return _state(json.loads(answer.json()["annotations"]["com.fnpack.route"]))
+
+    def native_history(self, function: str, alias: str) -> list[dict[str, Any]]:
+        try:
+            raw = self.s3.get_object(Bucket=FAAS_BUCKET, Key=f"contract/{function}/aliases/{alias}/history.json")
+        except self.s3.exceptions.NoSuchKey:
+            return []
+        return json.loads(raw["Body"].read())["moves"]
+
+    def close(self) -> None:
+        super().close()
+        self.raw.close()
+
+
+@pytest.fixture(scope="module")
+def openfaas_harness(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenFaaSHarness]:
+    """The fake gateway (Pro: CE holds 15 functions, fewer than the suite makes; CE's own limits are tested in
+    tests/openfaas), its functions' replicas real worker processes reading moto's S3."""
+    import boto3
+
+    from fake_openfaas import FakeOpenFaaS
+
+    root = tmp_path_factory.mktemp("openfaas")
+    for folder in ("home", "builds", "laptop-b", "gateway"):
+        (root / folder).mkdir()
+    aws = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "AWS_CONFIG_FILE": str(root / "home" / "config"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(root / "home" / "credentials"), "AWS_EC2_METADATA_DISABLED": "true"}
+    # the functions' storage credentials: the gateway's environment stands in for the mounted secret
+    with FakeOpenFaaS(workdir=root / "gateway", password=FAAS_PASSWORD, edition="pro", extra_env=aws) as gateway, \
+            pytest.MonkeyPatch.context() as patch:
+        env = {**aws, "FNPACK_OPENFAAS_GATEWAY": gateway.url, "FNPACK_OPENFAAS_PASSWORD": FAAS_PASSWORD,
+               "FNPACK_OPENFAAS_EDITION": "pro", "FNPACK_OPENFAAS_STORAGE": f"s3://{FAAS_BUCKET}/contract",
+               "FNPACK_OPENFAAS_UPSTREAM": gateway.url + "/function/{function}-v{version}",
+               "OPENFAAS_URL": "", "OPENFAAS_CONFIG": str(root / "home"), "FNPACK_TARGET": "", "FNPACK_CONTEXT": ""}
+        for key, value in env.items():
+            patch.setenv(key, value)
+        boto3.client("s3").create_bucket(Bucket=FAAS_BUCKET)
+        harness = OpenFaaSHarness(root / "builds", env, root / "laptop-b", gateway.url)
+        try:
+            yield harness
+        finally:
+            harness.close()
+        assert gateway.violations == []  # every request fnpack sent conformed to the gateway's OpenAPI spec
+
+
 # --- the parametrized fixture every contract test takes --------------------------------------------------
 
-HARNESSES = {"local": "local_harness", "aws-lambda": "lambda_harness",
-             "knative": "knative_harness"}  # target name -> its fixture
+HARNESSES = {"local": "local_harness", "aws-lambda": "lambda_harness", "knative": "knative_harness",
+             "openfaas": "openfaas_harness"}  # target name -> its fixture
 
 
 @pytest.fixture(scope="module", params=list(HARNESSES))

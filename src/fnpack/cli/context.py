@@ -79,7 +79,7 @@ def context_show(name: Optional[str] = typer.Argument(None, metavar="NAME",
 def context_set(
     name: str = typer.Argument(..., metavar="NAME", help="The context to add or change."),
     target: Optional[str] = typer.Option(None, "--target", "-t", metavar="TARGET",
-                                         help="local, aws-lambda or knative (needed for a new one)."),
+                                         help="local, aws-lambda, knative or openfaas (needed for a new one)."),
     url: Optional[str] = typer.Option(None, "--url", metavar="URL", help="local: the platform's address."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", metavar="DIR",
                                              help="local: the platform's state folder."),
@@ -99,7 +99,9 @@ def context_set(
                                                "pvc://CLAIM[/PATH]."),
     ingress: Optional[str] = typer.Option(None, "--ingress", metavar="URL",
                                           help="knative: the cluster's ingress address for invocations."),
-    image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", help="knative: the runtime image."),
+    image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", help="knative, openfaas: the runtime image."),
+    gateway: Optional[str] = typer.Option(None, "--gateway", metavar="URL", help="openfaas: the gateway's URL."),
+    edition: Optional[str] = typer.Option(None, "--edition", metavar="ce|pro", help="openfaas: the gateway's edition."),
     use: bool = typer.Option(False, "--use", help="Make it the current context too."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -117,7 +119,8 @@ def context_set(
         given = {"url": url, "state_dir": str(state_dir.resolve()) if state_dir else None, "region": region,
                  "role": role, "bucket": bucket, "profile": profile,
                  "kubeconfig": str(kubeconfig.resolve()) if kubeconfig else None, "kube_context": kube_context,
-                 "namespace": namespace, "storage": storage, "ingress": ingress, "image": image}
+                 "namespace": namespace, "storage": storage, "ingress": ingress, "image": image, "gateway": gateway,
+                 "edition": edition}
         model = target_info(kind).settings_model()
         foreign = sorted(k for k, v in given.items() if v is not None and k not in model.model_fields)
         if foreign:

@@ -21,7 +21,8 @@ app.add_typer(alias_app, name="alias")
 
 def _target_option() -> Any:
     return typer.Option(None, "--target", "-t", metavar="TARGET", envvar="FNPACK_TARGET", show_envvar=False,
-                        show_default=False, help="Where functions live: local, aws-lambda or knative (FNPACK_TARGET; "
+                        show_default=False, help="Where functions live: local, aws-lambda, knative or openfaas "
+                                                 "(FNPACK_TARGET; "
                                                  "default: `target:` in fnpack.yaml, else the context's, else local).")
 
 
@@ -34,6 +35,12 @@ def _namespace_option() -> Any:
     return typer.Option(None, "--namespace", metavar="NAMESPACE", show_default=False,
                         help="knative: the namespace (default: FNPACK_KNATIVE_NAMESPACE, the spec, the kubeconfig "
                              "context's).")
+
+
+def _gateway_option() -> Any:
+    return typer.Option(None, "--gateway", metavar="URL", show_default=False,
+                        help="openfaas: the gateway's URL (default: FNPACK_OPENFAAS_GATEWAY, OPENFAAS_URL, "
+                             "http://127.0.0.1:8080; its password: faas-cli login's, or FNPACK_OPENFAAS_PASSWORD).")
 
 
 def _kube_context_option() -> Any:
@@ -228,6 +235,7 @@ def deploy(
     region: Optional[str] = _region_option(),
     namespace: Optional[str] = _namespace_option(),
     kube_context: Optional[str] = _kube_context_option(),
+    gateway: Optional[str] = _gateway_option(),
     role: Optional[str] = typer.Option(None, "--role", metavar="ARN", show_default=False,
                                        help="aws-lambda: execution role ARN (default: FNPACK_LAMBDA_ROLE, the spec)."),
     bucket: Optional[str] = typer.Option(None, "--bucket", metavar="BUCKET", show_default=False,
@@ -241,22 +249,26 @@ def deploy(
     timeout: Optional[int] = typer.Option(None, "--timeout", metavar="SECONDS", show_default=False,
                                           help="aws-lambda: timeout in seconds (default: resources.timeout)."),
     env: Optional[list[str]] = typer.Option(None, "--env", metavar="KEY=VALUE", show_default=False,
-                                            help="aws-lambda, knative: an environment variable KEY=VALUE "
+                                            help="aws-lambda, knative, openfaas: an environment variable KEY=VALUE "
                                                  "(repeatable)."),
     storage: Optional[str] = typer.Option(None, "--storage", metavar="URI", show_default=False,
-                                          help="knative: model storage for the archive, s3://BUCKET[/PREFIX], "
+                                          help="knative, openfaas: model storage for the archive, "
+                                               "s3://BUCKET[/PREFIX], "
                                                "http(s)://... or pvc://CLAIM[/PATH] (FNPACK_KNATIVE_STORAGE)."),
     storage_path: Optional[Path] = typer.Option(None, "--storage-path", metavar="DIR", show_default=False,
                                                 help="knative, pvc:// storage: where this machine sees the claim's "
                                                      "files."),
     image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", show_default=False,
-                                        help="knative: the runtime image (FNPACK_KNATIVE_IMAGE)."),
+                                        help="knative, openfaas: the runtime image."),
     storage_secret: Optional[str] = typer.Option(None, "--storage-secret", metavar="SECRET", show_default=False,
-                                                 help="knative: a Secret whose keys become the pods' environment "
-                                                      "(the storage credentials)."),
+                                                 help="knative: a Secret whose keys become the pods' environment; "
+                                                      "openfaas: a secret holding an AWS credentials file."),
+    edition: Optional[str] = typer.Option(None, "--edition", metavar="ce|pro", show_default=False,
+                                          help="openfaas: what the gateway honours (default ce: no scale to zero, "
+                                               "no GPU profiles, at most 15 functions)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FORMAT", show_default=False,
                                          help="With --dry-run: yaml prints the manifests the target would apply "
-                                              "(knative), for GitOps and `kubectl apply -f -`."),
+                                              "(knative; openfaas: a stack.yml for faas-cli), for GitOps."),
     as_json: bool = _json_option(),
 ) -> None:
     """Deploy a function as a new version (the same archive again gives the existing one) and promote it.
@@ -278,7 +290,7 @@ def deploy(
         flags = {"region": region, "role": role, "bucket": bucket, "function_url": function_url, "memory": memory,
                  "timeout": timeout, "environment": _env_pairs(env), "namespace": namespace,
                  "kube_context": kube_context, "storage": storage, "storage_path": storage_path, "image": image,
-                 "storage_secret": storage_secret}
+                 "storage_secret": storage_secret, "gateway": gateway, "edition": edition}
         with _connect(target, url, state_dir, spec_path=path, context=context, **flags) as remote:
             remote.preflight(_read_spec(path))  # a platform that is not there fails before the build
             archive, built = _archive_for(path, remote.name, as_json)
@@ -356,6 +368,7 @@ def invoke(
     region: Optional[str] = _region_option(),
     namespace: Optional[str] = _namespace_option(),
     kube_context: Optional[str] = _kube_context_option(),
+    gateway: Optional[str] = _gateway_option(),
     ingress: Optional[str] = typer.Option(None, "--ingress", metavar="URL", show_default=False,
                                           help="knative: the cluster's ingress http(s)://HOST[:PORT], sent the "
                                                "route's Host header (FNPACK_KNATIVE_INGRESS)."),
@@ -387,11 +400,13 @@ def invoke(
         if batch is not None:
             _invoke_batch(parsed, batch, out_path, concurrency, as_json,
                           _connect(target, url, state_dir, invoke_token, region=region, namespace=namespace,
-                                   kube_context=kube_context, ingress=ingress, context=context))
+                                   kube_context=kube_context, ingress=ingress, gateway=gateway,
+                                   context=context))
             return
         payload = _read_payload(data, file)
         with _connect(target, url, state_dir, invoke_token, region=region, namespace=namespace,
-                                   kube_context=kube_context, ingress=ingress, context=context) as remote:
+                                   kube_context=kube_context, ingress=ingress, gateway=gateway,
+                                   context=context) as remote:
             answer = remote.invoke(parsed, payload)
     if as_json:
         emit({"qualifier": str(parsed), "version": answer.version, "answer": answer.body})
@@ -451,13 +466,14 @@ def describe(
     region: Optional[str] = _region_option(),
     namespace: Optional[str] = _namespace_option(),
     kube_context: Optional[str] = _kube_context_option(),
+    gateway: Optional[str] = _gateway_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Show a function: its URLs, versions (sha256, target), aliases with weights, what runs, recent errors."""
     with handle_errors(as_json):
         name = _function_name(name)
         with _connect(target, url, state_dir, region=region, namespace=namespace,
-                kube_context=kube_context, context=context) as remote:
+                kube_context=kube_context, gateway=gateway, context=context) as remote:
             found = remote.describe(name)
     if as_json:
         emit(found)
@@ -476,11 +492,15 @@ def describe(
             f"{', '.join(users[v.number]) or '-'}")
     if found.instances:
         say("instances")
-        for pool in found.instances:
-            workers = pool.get("workers", [])
-            shown = ", ".join(f"pid {w['pid']} {w['state']}" for w in workers) or "none (scaled to zero)"
-            starting = f", {pool['starting']} starting" if pool.get("starting") else ""
-            say(f"  v{pool['version']:<6}{shown}{starting}")
+        for unit in found.instances:
+            if "workers" in unit:  # the local platform's pool of a version
+                shown = ", ".join(f"pid {w['pid']} {w['state']}" for w in unit["workers"]) or "none (scaled to zero)"
+                starting = f", {unit['starting']} starting" if unit.get("starting") else ""
+                say(f"  v{unit['version']:<6}{shown}{starting}")
+                continue
+            label = unit.get("revision") or unit.get("function") or f"v{unit.get('version')}"  # a cluster's unit
+            say(f"  {label:<24}" + ", ".join(f"{key} {value}" for key, value in unit.items()
+                                             if key not in ("revision", "function") and value is not None))
     for key, value in found.details.items():
         say(f"{key:<9}{value}")
     say("recent errors" + ("" if found.recent_errors else "  none"))
@@ -497,11 +517,12 @@ def list_functions(
     region: Optional[str] = _region_option(),
     namespace: Optional[str] = _namespace_option(),
     kube_context: Optional[str] = _kube_context_option(),
+    gateway: Optional[str] = _gateway_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """List the deployed functions with their versions and aliases."""
     with handle_errors(as_json), _connect(target, url, state_dir, region=region, namespace=namespace,
-            kube_context=kube_context, context=context) as remote:
+            kube_context=kube_context, gateway=gateway, context=context) as remote:
         functions = remote.functions()
     if as_json:
         emit({"functions": functions})
@@ -525,13 +546,14 @@ def versions(
     region: Optional[str] = _region_option(),
     namespace: Optional[str] = _namespace_option(),
     kube_context: Optional[str] = _kube_context_option(),
+    gateway: Optional[str] = _gateway_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """List a function's versions: number, archive sha256, when, who, and the aliases using each."""
     with handle_errors(as_json):
         name = _function_name(name)
         with _connect(target, url, state_dir, region=region, namespace=namespace,
-                kube_context=kube_context, context=context) as remote:
+                kube_context=kube_context, gateway=gateway, context=context) as remote:
             found = remote.versions(name)
             aliases = remote.aliases(name)
     users = {v.number: sorted(a for a, s in aliases.items() if v.number in s.versions) for v in found}
@@ -556,6 +578,7 @@ def delete(
     region: Optional[str] = _region_option(),
     namespace: Optional[str] = _namespace_option(),
     kube_context: Optional[str] = _kube_context_option(),
+    gateway: Optional[str] = _gateway_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Delete a version (refused while an alias uses it) or a whole function (asks first, or --yes)."""
@@ -568,7 +591,7 @@ def delete(
             raise UsageError(f"{qualifier!r}: delete takes NAME or NAME:VERSION, not an alias",
                              hint=f"`fnpack versions {parsed.name}` shows which version {parsed.alias} uses")
         with _connect(target, url, state_dir, region=region, namespace=namespace,
-                kube_context=kube_context, context=context) as remote:
+                kube_context=kube_context, gateway=gateway, context=context) as remote:
             if parsed.version is None and not yes:
                 _confirm_delete(remote, parsed.name, as_json)
             deleted = remote.delete(parsed.name, parsed.version)
@@ -613,6 +636,7 @@ def alias_set(
     region: Optional[str] = _region_option(),
     namespace: Optional[str] = _namespace_option(),
     kube_context: Optional[str] = _kube_context_option(),
+    gateway: Optional[str] = _gateway_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Point an alias at a version, or split it between a primary and a canary version."""
@@ -629,7 +653,7 @@ def alias_set(
             raise UsageError("--weight needs --canary", hint="e.g. --canary 3 --weight 0.1 sends 10% to v3")
         state = AliasState(primary, canary_number, weight or 0.0)
         with _connect(target, url, state_dir, region=region, namespace=namespace,
-                kube_context=kube_context, context=context) as remote:
+                kube_context=kube_context, gateway=gateway, context=context) as remote:
             move = remote.set_alias(name, alias, state, reason)
     if as_json:
         emit({"function": name, "alias": alias, "move": move})
@@ -647,13 +671,14 @@ def alias_list(
     region: Optional[str] = _region_option(),
     namespace: Optional[str] = _namespace_option(),
     kube_context: Optional[str] = _kube_context_option(),
+    gateway: Optional[str] = _gateway_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """List a function's aliases and where each sends traffic."""
     with handle_errors(as_json):
         name = _function_name(name)
         with _connect(target, url, state_dir, region=region, namespace=namespace,
-                kube_context=kube_context, context=context) as remote:
+                kube_context=kube_context, gateway=gateway, context=context) as remote:
             aliases = remote.aliases(name)
     if as_json:
         emit({"function": name, "aliases": aliases})
@@ -677,13 +702,14 @@ def alias_history(
     region: Optional[str] = _region_option(),
     namespace: Optional[str] = _namespace_option(),
     kube_context: Optional[str] = _kube_context_option(),
+    gateway: Optional[str] = _gateway_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Every move of an alias, oldest first: when, who, from, to, why."""
     with handle_errors(as_json):
         name, alias = _function_name(name), _alias_name(name, alias)
         with _connect(target, url, state_dir, region=region, namespace=namespace,
-                kube_context=kube_context, context=context) as remote:
+                kube_context=kube_context, gateway=gateway, context=context) as remote:
             history = remote.history(name, alias)
     if as_json:
         emit({"function": name, "alias": alias, "history": history})
@@ -705,13 +731,14 @@ def rollback(
     region: Optional[str] = _region_option(),
     namespace: Optional[str] = _namespace_option(),
     kube_context: Optional[str] = _kube_context_option(),
+    gateway: Optional[str] = _gateway_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Restore an alias to where it was before its last move; again to go one further back."""
     with handle_errors(as_json):
         name, alias = _function_name(name), _alias_name(name, alias)
         with _connect(target, url, state_dir, region=region, namespace=namespace,
-                kube_context=kube_context, context=context) as remote:
+                kube_context=kube_context, gateway=gateway, context=context) as remote:
             move = remote.rollback(name, alias, reason)
     if as_json:
         emit({"function": name, "alias": alias, "move": move})
@@ -735,6 +762,7 @@ def logs(
     region: Optional[str] = _region_option(),
     namespace: Optional[str] = _namespace_option(),
     kube_context: Optional[str] = _kube_context_option(),
+    gateway: Optional[str] = _gateway_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Print a function's logs: its workers' output and the platform's events about them.
@@ -753,7 +781,7 @@ def logs(
         keep = _SinceFilter(_since(since)) if since else None
         lines = tail if tail is not None else (1_000_000 if since else 100)
         with _connect(target, url, state_dir, region=region, namespace=namespace,
-                kube_context=kube_context, context=context) as remote:
+                kube_context=kube_context, gateway=gateway, context=context) as remote:
             chunks = remote.logs(name, lines, follow and not as_json)
             if keep is not None:
                 chunks = keep(chunks)

@@ -1,4 +1,4 @@
-"""The one small interface every target implements (local, aws-lambda, knative; OpenFaaS next).
+"""The one small interface every target implements (local, aws-lambda, knative, openfaas).
 
 A deploy is two steps through the shared skeleton of `targets.deploy`: `plan_deploy` reads what is there
 and says what it will change (a `Plan` of typed steps, so `--dry-run` prints the same thing for every

@@ -49,7 +49,8 @@ CATALOG: tuple[TargetInfo, ...] = (
                settings="fnpack.targets.aws_lambda.settings:LambdaSettings"),
     TargetInfo("knative", "container", 1024 * MB, implementation="fnpack.targets.knative.target:KnativeTarget",
                settings="fnpack.targets.knative.settings:KnativeSettings"),
-    TargetInfo("openfaas", "container", 1024 * MB),
+    TargetInfo("openfaas", "container", 1024 * MB, implementation="fnpack.targets.openfaas.target:OpenFaaSTarget",
+               settings="fnpack.targets.openfaas.settings:OpenFaaSSettings"),
 )
 TARGETS: tuple[str, ...] = tuple(info.name for info in CATALOG)
 AVAILABLE: tuple[str, ...] = tuple(info.name for info in CATALOG if info.available)

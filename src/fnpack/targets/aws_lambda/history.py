@@ -33,26 +33,27 @@ from fnpack.versions import AliasMove
 BUCKET_TAG = "fnpack:bucket"  # the function's tag naming the bucket that holds its history
 
 
-def history_key(function: str, alias: str) -> str:
-    return f"fnpack/{function}/aliases/{alias}/history.json"
+def history_key(function: str, alias: str, prefix: str = "fnpack") -> str:
+    return f"{prefix}/{function}/aliases/{alias}/history.json"
 
 
 class S3History(HistoryStore):
     """The alias history objects of one bucket, read and written with compare-and-swap on the ETag."""
 
-    def __init__(self, s3: Any, bucket: str) -> None:
+    def __init__(self, s3: Any, bucket: str, prefix: str = "fnpack") -> None:
         self.s3 = s3
         self.bucket = bucket
+        self.prefix = prefix.strip("/")  # the openfaas target keeps its histories under its storage's prefix
 
     def where(self, function: str, alias: str) -> str:
-        return f"s3://{self.bucket}/{history_key(function, alias)}"
+        return f"s3://{self.bucket}/{history_key(function, alias, self.prefix)}"
 
     def read(self, function: str, alias: str) -> tuple[list[AliasMove], str | None]:
         """(moves, ETag); ([], None) when the alias has no history yet."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            answer = self.s3.get_object(Bucket=self.bucket, Key=history_key(function, alias))
+            answer = self.s3.get_object(Bucket=self.bucket, Key=history_key(function, alias, self.prefix))
         except BotoCoreError as exc:
             raise aws_error(exc, "s3", f"reading {self.where(function, alias)}") from None
         except ClientError as exc:
@@ -80,7 +81,7 @@ class S3History(HistoryStore):
                           indent=1).encode()
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
         try:
-            answer = self.s3.put_object(Bucket=self.bucket, Key=history_key(function, alias), Body=body,
+            answer = self.s3.put_object(Bucket=self.bucket, Key=history_key(function, alias, self.prefix), Body=body,
                                         ContentType="application/json", **condition)
         except BotoCoreError as exc:
             raise aws_error(exc, "s3", f"writing {self.where(function, alias)}") from None
@@ -95,7 +96,7 @@ class S3History(HistoryStore):
 
     def delete_all(self, function: str) -> None:
         """Remove every alias history of a deleted function (its archives stay: they are content-addressed)."""
-        prefix = f"fnpack/{function}/aliases/"
+        prefix = f"{self.prefix}/{function}/aliases/"
         paginator = self.s3.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
