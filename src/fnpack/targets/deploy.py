@@ -310,6 +310,20 @@ def describe(plan: Plan) -> list[str]:
             *(f"  {step.kind:<14}{step.summary}" for step in plan.steps)]
 
 
+def read_container_deployable(archive: Path, build: str = "fnpack build") -> Deployable:
+    """`read_deployable`, refusing an archive built for a target whose archives do not run in containers
+    (the knative and openfaas targets run the local platform's archive unchanged)."""
+    from fnpack.targets.catalog import target_info
+
+    deployable = read_deployable(archive, build)
+    built_for = str(deployable.manifest.get("target") or "local")
+    if target_info(built_for).platform != "container":
+        raise UsageError(f"{archive.name} is built for {built_for}, whose archives do not run in containers",
+                         hint="build it with `fnpack build` (the same archive runs locally, on Knative and on "
+                              "OpenFaaS)")
+    return deployable
+
+
 def read_deployable(archive: Path, build: str = "fnpack build") -> Deployable:
     """An intact fnpack archive naming a valid function; `build` is the command that makes a right one."""
     with open_archive(archive) as reader:

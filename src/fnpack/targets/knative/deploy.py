@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from fnpack.build.budget import human
-from fnpack.errors import ConflictError, FnpackError, StartError, UsageError
+from fnpack.errors import ConflictError, FnpackError, StartError
 from fnpack.targets.base import actor
-from fnpack.targets.catalog import target_info
 from fnpack.targets.deploy import (Deployable, Deployer, Plan, Progress, Publish, RemoteState, SetAlias, Step, Upload,
-                                   read_deployable)
+                                   read_container_deployable)
 from fnpack.targets.history import move_alias, now
 from fnpack.targets.knative import manifests as m
 from fnpack.targets.knative.aliases import AliasObjects
@@ -43,12 +42,7 @@ class KnativeDeployer(Deployer):
     # --- planning (reads only) ------------------------------------------------------------------------
 
     def deployable(self, archive: Path) -> Deployable:
-        deployable = read_deployable(archive, self.build_command)
-        built_for = str(deployable.manifest.get("target") or "local")
-        if target_info(built_for).platform != "container":
-            raise UsageError(f"{archive.name} is built for {built_for}, whose archives do not run in containers",
-                             hint="build it with `fnpack build` (the same archive runs locally, on Knative and on "
-                                  "OpenFaaS)")
+        deployable = read_container_deployable(archive, self.build_command)
         KnativeSettings.from_spec(deployable.spec)  # a bad knative: section fails before any API call
         return deployable
 

@@ -31,6 +31,37 @@ DEFAULT_PROGRESS_DEADLINE = 600  # Knative's own default, seconds
 GPU_PROGRESS_DEADLINE = 1800  # a pod may wait for a GPU node to be provisioned (kserve#1247)
 
 
+def check_http_url(url: str | None) -> str | None:
+    if url is not None and (not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url)):
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return url.rstrip("/") if url else url
+
+
+def check_image(image: str | None) -> str | None:
+    if image is not None and not IMAGE.fullmatch(image):
+        raise ValueError(f"{image!r} is not an image reference (e.g. registry.local/fnpack/runtime:python3.11-cpu)")
+    return image
+
+
+def check_environment(environment: dict[str, str], reserved: frozenset[str], platform: str) -> dict[str, str]:
+    """A function's own variables: names, none that fnpack (FNPACK_*) or the platform sets itself."""
+    for key in environment:
+        if not ENV_NAME.fullmatch(key):
+            raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '_')")
+        if key in reserved or key.startswith("FNPACK_"):
+            raise ValueError(f"{key!r} is set by {platform} or fnpack itself; pick another name")
+    return environment
+
+
+def refuse_machine_settings(section: Mapping[str, Any], machine: frozenset[str], target: str) -> None:
+    """A spec (a cloned repository, an archive) must not pick this machine's cluster, gateway or credentials."""
+    local = sorted(k for k in machine if section.get(k) is not None)
+    if local:
+        raise UsageError(f"{target}.{local[0]} in fnpack.yaml is a setting of the machine that deploys, not of the "
+                         "function", hint=f"pass --{local[0].replace('_', '-')}, set its FNPACK_ variable, or keep "
+                                          "it in a context (fnpack context set)")
+
+
 class KnativeSettings(TargetSettings):
     """The knative target's settings. Flags and FNPACK_KNATIVE_* variables override each key; the
     cluster, its credentials and the default namespace come from the kubeconfig (KUBECONFIG, its
@@ -73,11 +104,7 @@ class KnativeSettings(TargetSettings):
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> KnativeSettings:
         section = cls.section(spec, "knative")
-        local = sorted(k for k in MACHINE_ONLY if section.get(k) is not None)
-        if local:  # a cloned repository or an archive must not pick this machine's cluster and credentials
-            raise UsageError(f"knative.{local[0]} in fnpack.yaml is a setting of the machine that deploys, not of "
-                             "the function", hint=f"pass --{local[0].replace('_', '-')}, set its FNPACK_ variable, or "
-                                                  "keep it in a context (fnpack context set)")
+        refuse_machine_settings(section, MACHINE_ONLY, "knative")  # an exec plugin in a kubeconfig runs code
         return cls.layer(section, "fnpack.yaml")
 
     def image_for(self, runtime: str, gpu: bool) -> str:
@@ -118,23 +145,14 @@ class KnativeSettings(TargetSettings):
     @field_validator("storage_endpoint", "ingress")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
-        if url is not None and (not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url)):
-            raise ValueError(f"{url!r} is not an http:// or https:// URL")
-        return url.rstrip("/") if url else url
+        return check_http_url(url)
 
     @field_validator("image")
     @classmethod
     def _image(cls, image: str | None) -> str | None:
-        if image is not None and not IMAGE.fullmatch(image):
-            raise ValueError(f"{image!r} is not an image reference (e.g. registry.local/fnpack/runtime:python3.11-cpu)")
-        return image
+        return check_image(image)
 
     @field_validator("environment")
     @classmethod
     def _env_names(cls, environment: dict[str, str]) -> dict[str, str]:
-        for key in environment:
-            if not ENV_NAME.fullmatch(key):
-                raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '_')")
-            if key in KNATIVE_RESERVED_ENV or key.startswith("FNPACK_"):
-                raise ValueError(f"{key!r} is set by Knative or fnpack itself; pick another name")
-        return environment
+        return check_environment(environment, KNATIVE_RESERVED_ENV, "Knative")

@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, field_validator
 
-from fnpack.errors import UsageError
-from fnpack.targets.knative.settings import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, DNS_LABEL, ENV_NAME, IMAGE
+from fnpack.targets.knative.settings import (DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, DNS_LABEL, check_environment,
+                                             check_http_url, check_image, refuse_machine_settings)
 from fnpack.targets.settings import TargetSettings, setting
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
@@ -23,6 +23,7 @@ DEFAULT_UPSTREAM = "http://gateway.openfaas:8080/function/{function}-v{version}"
 # Where the secret named by storage_secret is mounted in a function (OpenFaaS mounts each secret as a file).
 SECRETS_DIR = "/var/openfaas/secrets"
 MACHINE_ONLY = frozenset({"gateway", "username", "password"})
+OPENFAAS_RESERVED_ENV = frozenset({"PORT", "fprocess"})
 
 
 class OpenFaaSSettings(TargetSettings):
@@ -61,11 +62,7 @@ class OpenFaaSSettings(TargetSettings):
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> OpenFaaSSettings:
         section = cls.section(spec, "openfaas")
-        local = sorted(k for k in MACHINE_ONLY if section.get(k) is not None)
-        if local:  # a cloned repository or an archive must not point this machine's credentials elsewhere
-            raise UsageError(f"openfaas.{local[0]} in fnpack.yaml is a setting of the machine that deploys, not of "
-                             "the function", hint=f"pass --{local[0]}, set FNPACK_OPENFAAS_{local[0].upper()}, or keep "
-                                                  "it in a context (fnpack context set)")
+        refuse_machine_settings(section, MACHINE_ONLY, "openfaas")  # the password must not go elsewhere
         return cls.layer(section, "fnpack.yaml")
 
     def gateway_url(self, environ: Mapping[str, str] | None = None) -> str:
@@ -85,9 +82,7 @@ class OpenFaaSSettings(TargetSettings):
     @field_validator("gateway", "storage_endpoint")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
-        if url is not None and (not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url)):
-            raise ValueError(f"{url!r} is not an http:// or https:// URL")
-        return url.rstrip("/") if url else url
+        return check_http_url(url)
 
     @field_validator("storage")
     @classmethod
@@ -119,19 +114,12 @@ class OpenFaaSSettings(TargetSettings):
     @field_validator("image")
     @classmethod
     def _image(cls, image: str | None) -> str | None:
-        if image is not None and not IMAGE.fullmatch(image):
-            raise ValueError(f"{image!r} is not an image reference")
-        return image
+        return check_image(image)
 
     @field_validator("environment")
     @classmethod
     def _env_names(cls, environment: dict[str, str]) -> dict[str, str]:
-        for key in environment:
-            if not ENV_NAME.fullmatch(key):
-                raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '_')")
-            if key.startswith("FNPACK_") or key in ("PORT", "fprocess"):
-                raise ValueError(f"{key!r} is set by OpenFaaS or fnpack itself; pick another name")
-        return environment
+        return check_environment(environment, OPENFAAS_RESERVED_ENV, "OpenFaaS")
 
 
 def faas_cli_login(gateway: str, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
