@@ -12,6 +12,7 @@ import yaml
 from pydantic import (BaseModel, ByteSize, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from fnpack.canary.policy import CanarySettings
 from fnpack.errors import SpecError
 from fnpack.targets.aws_lambda.settings import LambdaSettings
 from fnpack.targets.catalog import TARGETS as DEPLOY_TARGETS
@@ -129,6 +130,8 @@ class FunctionSpec(_Strict):
                                           description="Settings of the aws-lambda target.")
     knative: KnativeSettings = Field(default_factory=KnativeSettings, description="Settings of the knative target.")
     openfaas: OpenFaaSSettings = Field(default_factory=OpenFaaSSettings, description="Settings of the openfaas target.")
+    canary: CanarySettings = Field(default_factory=CanarySettings,
+                                   description="Rollout defaults of `fnpack canary` and `fnpack deploy --canary`.")
 
     @field_validator("aws_lambda")
     @classmethod

@@ -226,6 +226,12 @@ def deploy(
                                 help="A function folder (built first) or a built .zip archive."),
     alias: str = typer.Option("live", "--alias", metavar="ALIAS", help="The alias to point at the deployed version."),
     no_promote: bool = typer.Option(False, "--no-promote", help="Deploy the version; move no alias."),
+    canary: bool = typer.Option(False, "--canary", help="Roll the new version out on the alias step by step "
+                                                        "(`fnpack canary` with the spec's canary: settings)."),
+    prometheus: Optional[str] = typer.Option(None, "--prometheus", metavar="URL", envvar="FNPACK_PROMETHEUS_URL",
+                                             show_envvar=False, show_default=False,
+                                             help="With --canary: the Prometheus server with the functions' "
+                                                  "metrics (knative, openfaas)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
     reason: Optional[str] = typer.Option(None, "--reason", metavar="TEXT", help="Why, for the alias history."),
     target: Optional[str] = _target_option(),
@@ -284,6 +290,9 @@ def deploy(
         if output not in (None, "yaml"):
             raise UsageError(f"--output {output!r} is not a format deploy prints", hint="use -o yaml with --dry-run, "
                                                                                        "or --json")
+        if canary and no_promote:
+            raise UsageError("--canary rolls the version out on --alias; --no-promote moves no alias",
+                             hint="use one of them")
         if output and not dry_run:
             raise UsageError("-o yaml prints what a deploy would apply: it needs --dry-run",
                              hint="fnpack deploy --dry-run -o yaml > manifests.yaml")
@@ -294,7 +303,10 @@ def deploy(
         with _connect(target, url, state_dir, spec_path=path, context=context, **flags) as remote:
             remote.preflight(_read_spec(path))  # a platform that is not there fails before the build
             archive, built = _archive_for(path, remote.name, as_json)
-            plan = remote.plan_deploy(archive, None if no_promote else alias, reason)
+            plan = remote.plan_deploy(archive, None if no_promote or canary else alias, reason)
+            rollout = canary and alias in plan.remote.aliases
+            if canary and not rollout:  # nothing on the alias to compare with: a first version is promoted
+                plan = remote.plan_deploy(archive, alias, reason)
             if dry_run:
                 if output == "yaml":
                     sys.stdout.write(remote.export(plan))
@@ -309,6 +321,18 @@ def deploy(
                 return
             result = remote.execute(plan)
             notes = list(getattr(remote, "notes", []))  # e.g. the outcome checked after a dropped connection
+            if canary and not rollout:
+                notes.append(f"no version was on {alias} yet: v{result.version.number} was promoted at once, "
+                             "with no canary")
+            _print_deployed(plan, result, built, notes, as_json, rollout)
+            if rollout:
+                from fnpack.cli.canary import run_rollout
+
+                run_rollout(remote, plan.function, alias, result.version.number, {}, path, prometheus, None, False,
+                            as_json)
+
+
+def _print_deployed(plan: Any, result: Any, built: Any, notes: list[str], as_json: bool, canary: bool) -> None:
     if as_json:
         emit({"dry_run": False, "plan": plan.to_dict(), **result.to_dict(),
                "build": {"archive": str(built.archive), "sha256": built.sha256} if built else None,
@@ -320,7 +344,8 @@ def deploy(
     say(f"deployed {version.function} v{version.number} " +
         ("(new version)" if result.created else "(this archive was already deployed)"))
     if result.alias is None:
-        say("alias    none moved (--no-promote)")
+        say("alias    none moved yet (--canary: the rollout moves it)" if canary else
+            "alias    none moved (--no-promote)")
     elif result.move is None:
         say(f"alias    {result.alias} already at v{version.number}")
     else:

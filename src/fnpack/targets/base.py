@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fnpack.errors import FnpackError, UsageError
 from fnpack.targets import deploy
@@ -22,6 +22,9 @@ from fnpack.targets.deploy import Deployer, Deployment, Plan
 from fnpack.targets.history import ANY, Expect
 from fnpack.targets.settings import TargetSettings
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
+
+if TYPE_CHECKING:
+    from fnpack.canary.observer import Observer
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,11 @@ class Target(ABC):
 
     @abstractmethod
     def invoke_url(self, qualifier: Qualifier) -> str: ...
+
+    def observer(self, prometheus: str | None = None) -> Observer:
+        """Where canary analysis reads this target's figures (`fnpack.canary.observer`); `prometheus`: the URL
+        of a Prometheus server that scrapes the target's metrics, where the target reads them from one."""
+        raise UsageError(f"the {self.name} target has no metrics for canary analysis")
 
     def logs(self, name: str, tail: int = 100, follow: bool = False) -> Iterator[str]:
         """The function's log text in chunks; `follow` keeps streaming until interrupted."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -19,6 +19,9 @@ from fnpack.targets.history import ANY, Expect
 from fnpack.targets.local.api import PlatformApi, q
 from fnpack.targets.local.settings import LocalSettings
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
+
+if TYPE_CHECKING:
+    from fnpack.canary.observer import Observer
 
 
 class LocalTarget(Target):
@@ -82,6 +85,16 @@ class LocalTarget(Target):
     def delete(self, name: str, version: int | None = None) -> list[Version]:
         path = f"/api/v1/functions/{q(name)}" + (f"/versions/{version}" if version is not None else "")
         return [version_from_dict(v) for v in self.api.json("DELETE", path)["deleted"]]
+
+    def observer(self, prometheus: str | None = None) -> Observer:
+        """The gateway's own /metrics, or a Prometheus server scraping it."""
+        if prometheus:
+            from fnpack.canary.prometheus import PrometheusObserver, local_queries
+
+            return PrometheusObserver(prometheus, local_queries())
+        from fnpack.targets.local.observer import GatewayObserver
+
+        return GatewayObserver(self.api)
 
     def logs(self, name: str, tail: int = 100, follow: bool = False) -> Iterator[str]:
         headers = {"Authorization": f"Bearer {self.api.token}"}

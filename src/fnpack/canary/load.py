@@ -1,0 +1,59 @@
+"""Synthetic traffic for a rollout (`--load samples`): the spec's samples sent through the alias, at a rate
+that gives the canary, at the current step's weight, twice `min_requests` per window (or a fixed rate).
+The answers are not what is judged: the target's own metrics are, as for real traffic."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+from fnpack.versions import Qualifier
+
+MAX_RATE = 200.0  # requests per second, whatever the arithmetic says
+MIN_RATE = 2.0
+
+
+class SampleLoad:
+    def __init__(self, target: Any, qualifier: Qualifier, samples: list[Any], min_requests: int, interval: float,
+                 rate: float | None = None, workers: int = 4) -> None:
+        self.target, self.qualifier, self.samples = target, qualifier, samples
+        self.min_requests, self.interval, self.fixed = min_requests, interval, rate
+        self.weight = 0.05
+        self.sent = self.failed = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._work, name=f"fnpack-load-{i}", daemon=True)
+                         for i in range(workers)]
+        self._next = time.monotonic()
+        self._turn = threading.Lock()
+        self._cycle = itertools.cycle(samples)
+
+    @property
+    def rate(self) -> float:
+        if self.fixed is not None:
+            return self.fixed
+        wanted = 2 * self.min_requests / (max(self.weight, 0.01) * self.interval)
+        return max(MIN_RATE, min(MAX_RATE, wanted))
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._turn:  # one schedule for all workers: requests are paced, not bunched
+                self._next = max(self._next + 1.0 / self.rate, time.monotonic() - 1.0)
+                due, payload = self._next, next(self._cycle)
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                return
+            try:
+                self.target.invoke(self.qualifier, payload)
+                self.sent += 1
+            except Exception:  # the function's errors are in its metrics; the load goes on
+                self.failed += 1

@@ -1,0 +1,123 @@
+"""A canary observer over a Prometheus server's HTTP API (`/api/v1/query`), with the metric names and labels
+of the target whose metrics it scrapes (`Queries`): Knative's queue-proxy per revision, OpenFaaS's gateway per
+function, or the local gateway's own. Figures are PromQL's `increase()` over the window, evaluated now, and
+`histogram_quantile()` over the buckets' increase, so they lag by up to a scrape interval (read from the
+server's configuration: that is the observer's `delay`) and are extrapolated, not exact counts; a window needs
+at least two scrapes in it."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from fnpack.canary.observer import Figures, Observer, Window
+from fnpack.errors import FnpackError, StartError
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+@dataclass(frozen=True)
+class Queries:
+    """Where a target's request counts and latencies are in Prometheus. `selector(function, alias, version)`
+    gives the label matchers of one version's series; `unit`: seconds per unit of the latency buckets."""
+
+    requests: str  # a counter of answered requests
+    errors: str  # matchers that keep the 5xx ones
+    buckets: str  # the latency histogram's _bucket series
+    selector: Callable[[str, str, int], str]
+    unit: float = 1.0
+
+
+def local_queries() -> Queries:
+    return Queries("fnpack_requests_total", 'code=~"5.."', "fnpack_request_duration_seconds_bucket",
+                   lambda f, a, v: f"function={_quoted(f)},alias={_quoted(a)},version={_quoted(str(v))}")
+
+
+def knative_queries(namespace: str) -> Queries:
+    """Knative Serving's queue-proxy: revision_app_request_count and revision_app_request_latencies (ms)."""
+    return Queries("revision_app_request_count", 'response_code_class="5xx"', "revision_app_request_latencies_bucket",
+                   lambda f, a, v: (f"namespace_name={_quoted(namespace)},configuration_name={_quoted(f)},"
+                                    f"revision_name={_quoted(f'{f}-v{v}')}"), unit=0.001)
+
+
+def openfaas_queries(namespace: str) -> Queries:
+    """OpenFaaS's gateway: gateway_function_invocation_total and gateway_functions_seconds, by function_name
+    (NAME-vN.NAMESPACE: each fnpack version is an OpenFaaS function)."""
+    return Queries("gateway_function_invocation_total", 'code=~"5.."', "gateway_functions_seconds_bucket",
+                   lambda f, a, v: f"function_name={_quoted(f'{f}-v{v}.{namespace}')}")
+
+
+class PrometheusObserver(Observer):
+    poll = 1.0
+
+    def __init__(self, url: str, queries: Queries, transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.name = f"Prometheus at {self.url}"
+        self.queries = queries
+        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(15.0, connect=5.0), transport=transport)
+        self.delay = self._scrape_interval()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def read(self, window: Window) -> dict[int, Figures]:
+        now = time.time()
+        span = f"{max(1, math.ceil(now - window.start))}s"
+        q = self.queries
+        figures = {}
+        for version in window.versions:
+            match = q.selector(window.function, window.alias, version)
+            requests = self._scalar(f"sum(increase({q.requests}{{{match}}}[{span}]))", now)
+            errors = self._scalar(f"sum(increase({q.requests}{{{match},{q.errors}}}[{span}]))", now)
+            latency = self._scalar(f"histogram_quantile({window.quantile}, sum by (le) "
+                                   f"(increase({q.buckets}{{{match}}}[{span}])))", now)
+            figures[version] = Figures(requests or 0.0, errors or 0.0,
+                                       None if latency is None else latency * q.unit)
+        return figures
+
+    def _scalar(self, query: str, at: float) -> float | None:
+        data = self._get("/api/v1/query", {"query": query, "time": f"{at:.3f}"})
+        result = data.get("result") or []
+        if not result:
+            return None
+        value = float(result[0]["value"][1])
+        return None if math.isnan(value) or math.isinf(value) else value
+
+    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        try:
+            response = self.http.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise StartError(f"no Prometheus answers at {self.url}: {exc}",
+                             hint="pass --prometheus URL (FNPACK_PROMETHEUS_URL) of the server that scrapes the "
+                                  "functions' metrics") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code >= 400 or body.get("status") != "success":
+            raise FnpackError(f"Prometheus at {self.url} refused {path}: {body.get('error') or response.text[:200]}",
+                              hint="is it a Prometheus server (2.x or later)?")
+        return body["data"]
+
+    def _scrape_interval(self) -> float:
+        """The server's global scrape interval: how stale its newest figures may be."""
+        import yaml
+
+        from fnpack.canary.policy import parse_duration
+
+        try:
+            config = yaml.safe_load(self._get("/api/v1/status/config").get("yaml", ""))
+        except yaml.YAMLError:
+            config = None
+        settings = (config or {}).get("global") if isinstance(config, dict) else None
+        try:
+            return parse_duration(str((settings or {}).get("scrape_interval", "15s")), "scrape_interval")
+        except FnpackError:  # e.g. 1m30s: the default is as good a guess
+            return 15.0
