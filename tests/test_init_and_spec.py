@@ -50,7 +50,8 @@ def test_schema_lists_every_key():
     schema = json.loads(result.stdout)
     assert result.code == 0
     assert {"name", "model", "features", "score", "inputs", "runtime", "arch", "requirements", "include", "exclude",
-            "resources", "scaling", "batching", "samples", "budget", "target", "aws_lambda", "knative", "openfaas"} == \
+            "resources", "scaling", "batching", "samples", "budget", "target", "aws_lambda", "knative", "openfaas",
+            "canary"} == \
         set(schema["properties"])
     assert schema["properties"]["target"]["default"] is None
     assert schema["required"] == ["name", "model"]

@@ -1,117 +1,17 @@
-"""`fnpack canary` on the local platform, through the real CLI against `fnpack serve`: the gateway's own
-metrics judge each window. One function with four versions (a baseline, a good one, one that fails 20% of
-its requests, one 3x slower); each test puts `live` back on v1 and rolls one of them out, with the spec's
-samples as synthetic traffic (`--load samples`) unless it tests the lack of traffic."""
+"""`fnpack canary` on the local platform, through the real CLI against `fnpack serve` (tests/canary/conftest.py):
+the gateway's own metrics judge each window, with the spec's samples as synthetic traffic (`--load samples`)
+unless a test is about the lack of traffic."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from conftest import fnpack
-from functions import echo_model
-from servers import platform
-
-NAME = "canaried"
-# The code of every version: the echo model, a sleep (latency) and an error every FAIL_EVERY-th request.
-BEHAVIOUR = '''
-import itertools, time
-
-SLEEP = {sleep}
-FAIL_EVERY = {fail_every}
-_count = itertools.count(1)
-
-
-def extract(request):
-    if FAIL_EVERY and next(_count) % FAIL_EVERY == 0:
-        raise RuntimeError("failing on purpose")
-    time.sleep(SLEEP)
-    return {{"x": request.get("x", [[0.0]])}}
-'''
-VARIANTS = {1: {"sleep": 0.02, "fail_every": 0}, 2: {"sleep": 0.02, "fail_every": 0, "tag": "good"},
-            3: {"sleep": 0.02, "fail_every": 5}, 4: {"sleep": 0.06, "fail_every": 0}}
-FAST = ("--steps", "25,50,100", "--interval", "2s", "--min-requests", "20", "--load", "samples", "--load-rate", "60")
-
-
-def build_variant(root: Path, number: int, canary: dict[str, Any] | None = None) -> tuple[Path, Path]:
-    """(folder, archive) of one version's code."""
-    behaviour = VARIANTS[number]
-    folder = root / f"v{number}"
-    folder.mkdir(parents=True)
-    echo_model(folder / "model.onnx")
-    (folder / "behave.py").write_text(BEHAVIOUR.format(**behaviour) + f"# {behaviour.get('tag', number)}\n")
-    spec = {"name": NAME, "model": "model.onnx", "features": "behave:extract",
-            "samples": [{"data": {"x": [[1.0, 2.0]]}}], **({"canary": canary} if canary else {})}
-    (folder / "fnpack.yaml").write_text(yaml.safe_dump(spec))
-    done = fnpack("build", str(folder), "--out", str(root / "dist"), "--json")
-    assert done.code == 0, done.stderr
-    return folder, Path(done.json()["archive"])
-
-
-class Local:
-    def __init__(self, url: str, state_dir: Path, folders: dict[int, Path]) -> None:
-        self.url, self.folders = url, folders
-        self.env = {"FNPACK_URL": url, "FNPACK_STATE_DIR": str(state_dir), "FNPACK_TOKEN": "",
-                    "FNPACK_INVOKE_TOKEN": "", "FNPACK_TARGET": "local"}
-        self.token = (state_dir / "token").read_text().strip()
-
-    def __call__(self, *args: str) -> Any:
-        return fnpack(*args, env=self.env)
-
-    def ok(self, *args: str) -> dict[str, Any]:
-        done = self(*args, "--json")
-        assert done.code == 0, f"{args}: {done.code}\n{done.stdout}\n{done.stderr}"
-        return done.json()
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "fnpack", "canary", *args], env={**os.environ, **self.env},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def alias(self) -> dict[str, Any]:
-        return self.ok("alias", "list", NAME)["aliases"]["live"]
-
-    def history(self) -> list[dict[str, Any]]:
-        return self.ok("alias", "history", NAME, "live")["history"]
-
-    def reset(self) -> None:
-        self.ok("alias", "set", NAME, "live", "1", "--reason", "test reset")
-
-    def wait_for_weight(self, weight: float, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self.alias().get("weight") != weight:
-            assert time.monotonic() < deadline, f"live never got to {weight}: {self.alias()}"
-            time.sleep(0.1)
-
-
-def events(stdout: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("canary")
-    folders = {}
-    archives = {}
-    for number in VARIANTS:
-        folders[number], archives[number] = build_variant(root / "src", number)
-    with platform(root / "state") as url:
-        gw = Local(url, root / "state", folders)
-        for number in VARIANTS:
-            extra = () if number == 1 else ("--no-promote",)
-            assert gw.ok("deploy", str(archives[number]), *extra)["version"]["number"] == number
-        yield gw
-
+from canary.conftest import FAST, NAME, build_variant, events
 
 def test_a_good_version_is_promoted_through_every_step_and_the_history_tells_it(local):
     local.reset()
@@ -290,3 +190,18 @@ def test_the_gateway_observer_counts_one_versions_traffic_exactly(local):
     assert figures[3].requests == 20 and figures[3].errors == codes.count(500) == 4
     assert 0.01 < figures[1].latency < 0.05  # the median of 20 ms sleeps, within its histogram bucket
     local.reset()
+
+
+def test_a_bad_canary_section_is_a_spec_error_naming_the_key(local, tmp_path):
+    from fnpack.errors import SpecError
+    from fnpack.spec import parse_spec
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "fnpack.yaml").write_text("name: canaried\nmodel: m.onnx\ncanary:\n  steps: [50, 10]\n  interval: soon\n")
+    with pytest.raises(SpecError) as raised:
+        parse_spec({"name": "canaried", "model": "m.onnx", "canary": {"steps": [50, 10]}})
+    assert "canary.steps" in raised.value.message and "increasing percents" in raised.value.message
+    done = local("canary", NAME, "2", "--spec", str(folder))
+    assert done.code == 3 and "canary.steps" in done.stderr and "canary.interval" in done.stderr, done.stderr
+    assert local.alias() == {"primary": 1, "canary": None, "weight": 0.0}

@@ -48,7 +48,7 @@ def parse_latency(text: str, what: str = "--max-latency") -> tuple[float, float]
     """(quantile, seconds) from p99=300ms, p95=0.2s or 300ms (p99)."""
     raw = str(text).strip()
     found = _LATENCY.fullmatch(raw)
-    quantile, limit = (float(found.group(1)) / 100, found.group(2)) if found else (0.99, raw)
+    quantile, limit = (round(float(found.group(1)) / 100, 6), found.group(2)) if found else (0.99, raw)
     if not 0.0 < quantile < 1.0:
         raise UsageError(f"{what} {text!r}: the quantile must be between p0 and p100", hint="e.g. p99=300ms")
     return quantile, parse_duration(limit, what)
