@@ -24,7 +24,7 @@ def judge(policy: Policy, canary: Figures, primary: Figures | None) -> Verdict:
     """The window's verdict. Too little traffic is never a pass: below `min_requests` it is `wait`."""
     if canary.requests < policy.min_requests:
         return Verdict("wait", f"{canary.requests:.0f} of {policy.min_requests} requests needed")
-    label = f"p{policy.quantile * 100:g}"
+    label = canary.statistic or f"p{policy.quantile * 100:g}"
     parts = [f"errors {percent(canary.error_rate)} (max {percent(policy.max_error_rate)})"]
     failed = [parts[0]] if canary.error_rate > policy.max_error_rate else []
     if policy.max_latency is not None or policy.max_regression is not None:

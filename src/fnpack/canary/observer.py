@@ -21,11 +21,13 @@ from typing import Any
 @dataclass(frozen=True)
 class Figures:
     """One version's traffic in a window: requests, 5xx answers and a latency quantile (seconds; None when
-    there were no requests or the source has no latency)."""
+    there were no requests or the source has no latency). `statistic` names what `latency` is when it is not
+    the quantile asked for (CloudWatch without percentiles: "max", an upper bound of it)."""
 
     requests: float = 0.0
     errors: float = 0.0
     latency: float | None = None
+    statistic: str | None = None
 
     @property
     def error_rate(self) -> float:
@@ -34,7 +36,8 @@ class Figures:
     def to_dict(self) -> dict[str, Any]:
         return {"requests": round(self.requests, 3), "errors": round(self.errors, 3),
                 "error_rate": round(self.error_rate, 6),
-                "latency_ms": None if self.latency is None else round(self.latency * 1000, 3)}
+                "latency_ms": None if self.latency is None else round(self.latency * 1000, 3),
+                **({"statistic": self.statistic} if self.statistic else {})}
 
 
 @dataclass

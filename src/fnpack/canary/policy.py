@@ -77,6 +77,9 @@ def parse_steps(text: str | list[Any] | tuple[Any, ...], what: str = "--steps") 
     if not steps or any(not 1 <= s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
         raise UsageError(f"{what} {text!r}: steps are increasing percents from 1 to 100",
                          hint="e.g. 5,25,50,100 (100 promotes; it is implied when left out)")
+    if steps[0] == 100:
+        raise UsageError(f"{what} {text!r}: a rollout needs a step below 100 to judge the canary at",
+                         hint="e.g. 5,25,50,100; `fnpack alias set` moves an alias at once")
     return steps
 
 

@@ -131,7 +131,8 @@ class Rollout:
         due = window.start + self.policy.interval + self.observer.delay
         limit = window.start + max(self.policy.wait_limit, self.policy.interval) + self.observer.delay
         while True:
-            time.sleep(max(0.0, min(self.poll, due - time.time())))
+            left = due - time.time()
+            time.sleep(self.poll if left <= 0 else min(self.poll, left))  # waking at `due` exactly, then polling
             self._still_ours()
             figures = self.observer.read(window)
             canary, primary = figures.get(self.version, Figures()), figures.get(self.primary)

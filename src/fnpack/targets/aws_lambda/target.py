@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fnpack.errors import ConflictError, FnpackError, NotFoundError, UsageError
 from fnpack.targets.aws_lambda.aliases import LambdaRouter
@@ -23,6 +23,9 @@ from fnpack.targets.base import FunctionSummary, Invocation, InvokeError, Target
 from fnpack.targets.deploy import Deployer
 from fnpack.targets.history import ANY, Expect, move_alias, rollback_alias
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
+
+if TYPE_CHECKING:
+    from fnpack.canary.observer import Observer
 
 
 class AwsLambdaTarget(Target):
@@ -131,6 +134,13 @@ class AwsLambdaTarget(Target):
             if config.get("LastUpdateStatus") == "Failed" else []
         details["logs"] = f"CloudWatch Logs group /aws/lambda/{name} in {self.region}"
         return [], errors, details
+
+    def observer(self, prometheus: str | None = None) -> Observer:
+        """CloudWatch's AWS/Lambda metrics, which Lambda writes per alias and executed version itself (a
+        Prometheus URL, which FNPACK_PROMETHEUS_URL may set for the other targets, is not used)."""
+        from fnpack.targets.aws_lambda.observer import CloudWatchObserver
+
+        return CloudWatchObserver(self.api)
 
     # --- calling -----------------------------------------------------------------------------------
 
