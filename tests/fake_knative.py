@@ -70,6 +70,14 @@ GATED_PODSPEC_FIELDS = ("affinity", "nodeSelector", "tolerations", "runtimeClass
 RESERVED_ENV = ("PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
               "transfer-encoding", "upgrade", "expect", "proxy-connection"}
+# The queue-proxy's request metrics as Knative <= 1.18 exports them (pkg/queue/request_metric.go, OpenCensus'
+# Prometheus exporter: a counter without `_total`, latencies in milliseconds in defaultLatencyDistribution).
+REQUEST_COUNT = "revision_app_request_count"
+REQUEST_LATENCIES = "revision_app_request_latencies"
+LATENCY_BUCKETS_MS = (5, 10, 20, 40, 60, 80, 100, 150, 200, 250, 300, 350, 400, 450, 500, 600, 700, 800, 900, 1000,
+                      2000, 5000, 10000, 20000, 50000, 100000)
+METRIC_LABELS = ("configuration_name", "container_name", "namespace_name", "pod_name", "response_code",
+                 "response_code_class", "revision_name", "service_name")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -537,6 +545,11 @@ class _Pod:
         self.ready.set()
 
 
+def _escaped(value: str) -> str:
+    """A label value as the exposition format writes it."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _tail(path: Path, lines: int = 80, limit: int = 2048) -> str:
     """The end of a log, as kubelet's FallbackToLogsOnError keeps it (80 lines, 2 KiB)."""
     try:
@@ -580,7 +593,13 @@ class FakeKnative:
     envFrom secrets from `secrets`, PORT on a free loopback port, HOST=127.0.0.1) and is Ready once its readiness
     probe passes; `ingress_url` is an HTTP proxy that routes by Host as Knative's ingress does. A revision that was
     Ready before this controller started (another test's) has no process until a request for it comes: the
-    ingress then starts it and waits, as Knative's activator scales a revision up from zero.
+    ingress then starts it and waits, as Knative's activator scales a revision up from zero. Every request the
+    ingress hands a revision's process is counted as that revision's queue-proxy counts it (Knative <= 1.18,
+    pkg/queue/request_metric.go): `revision_app_request_count` (a counter, no `_total`) and the histogram
+    `revision_app_request_latencies` (milliseconds), by namespace_name, service_name, configuration_name,
+    revision_name, pod_name, container_name="queue-proxy", response_code and response_code_class, on
+    `metrics_url` + /metrics (a port of its own: the real ones are each pod's :9091; a request the ingress cannot
+    hand a process, 404 or 503, never reaches a queue-proxy and is not counted). `metrics_text()` is that page.
 
     Not done (real Knative does): images (a container without a command cannot run here), scaling (one process per
     revision, never scaled to zero or restarted: a process that exits leaves its revision failed), readiness probing
@@ -606,6 +625,7 @@ class FakeKnative:
         self.namespaces = set(namespaces) if namespaces else None  # None: every namespace
         self.violations: list[str] = []  # what Knative's admission webhook would have refused
         self.ingress_url: str | None = None
+        self.metrics_url: str | None = None  # the queue-proxies' Prometheus metrics, at /metrics (run_pods only)
 
         self._server, self._tls, self._headers, _ = _load_kubeconfig(self.kubeconfig)
         self._stopping = threading.Event()
@@ -628,6 +648,10 @@ class FakeKnative:
         self._ingress: http.server.ThreadingHTTPServer | None = None
         self._ingress_thread: threading.Thread | None = None
         self._proxy_http: httpx.Client | None = None
+        self._metrics_server: http.server.ThreadingHTTPServer | None = None
+        self._metrics_lock = threading.Lock()
+        self._requests: dict[tuple[str, ...], int] = {}  # METRIC_LABELS' values -> count
+        self._latencies: dict[tuple[str, ...], list[float]] = {}  # -> [count per bucket..., sum in ms]
         self._started = False
 
     # -- public API ---------------------------------------------------------------------------------------------
@@ -656,6 +680,7 @@ class FakeKnative:
         self._worker.start()
         if self.run_pods:
             self._start_ingress()
+            self._start_metrics()
 
     def stop(self) -> None:
         """Stop watching and reconciling, stop the ingress, then every process (SIGTERM, SIGKILL after 10 s)."""
@@ -674,6 +699,9 @@ class FakeKnative:
             self._ingress.shutdown()
             self._ingress.server_close()
             self._ingress_thread.join(15)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         with self._pods_lock:
             pods = list(self._pods.values())
             self._pods.clear()
@@ -1637,6 +1665,68 @@ class FakeKnative:
         pod.ready.wait(timeout)
         return pod if pod.state == "ready" and pod.alive() else None
 
+    # -- the queue-proxies' metrics ----------------------------------------------------------------------------
+
+    def _count(self, namespace: str, revision: str, pod: _Pod, code: int, milliseconds: float) -> None:
+        """One request a revision's queue-proxy handed its user container (pkg/queue/request_metric.go)."""
+        labels = (self._cached("revisions", namespace, revision) or {}).get("metadata", {}).get("labels") or {}
+        key = (labels.get(CONFIGURATION_LABEL, ""), "queue-proxy", namespace, f"{revision}-deployment-{pod.port}",
+               str(code), f"{code // 100}xx", revision, labels.get(SERVICE_LABEL, ""))
+        with self._metrics_lock:
+            self._requests[key] = self._requests.get(key, 0) + 1
+            buckets = self._latencies.setdefault(key, [0] * len(LATENCY_BUCKETS_MS) + [0.0])
+            for i, bound in enumerate(LATENCY_BUCKETS_MS):
+                if milliseconds <= bound:
+                    buckets[i] += 1
+            buckets[-1] += milliseconds
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition the queue-proxies' metrics endpoints would show, all in one."""
+        def labels(key: tuple[str, ...], **more: str) -> str:
+            values = dict(zip(METRIC_LABELS, key), **more)
+            return "{" + ",".join(f'{k}="{_escaped(v)}"' for k, v in values.items()) + "}"
+
+        with self._metrics_lock:
+            requests = dict(self._requests)
+            latencies = {k: list(v) for k, v in self._latencies.items()}
+        out = [f"# HELP {REQUEST_COUNT} The number of requests that are routed to user-container",
+               f"# TYPE {REQUEST_COUNT} counter"]
+        out += [f"{REQUEST_COUNT}{labels(key)} {n}" for key, n in sorted(requests.items())]
+        out += [f"# HELP {REQUEST_LATENCIES} The response time in millisecond", f"# TYPE {REQUEST_LATENCIES} histogram"]
+        for key, values in sorted(latencies.items()):
+            out += [f"{REQUEST_LATENCIES}_bucket{labels(key, le=str(bound))} {n}"
+                    for bound, n in zip(LATENCY_BUCKETS_MS, values)]
+            out.append(f"{REQUEST_LATENCIES}_bucket{labels(key, le='+Inf')} {requests[key]}")
+            out.append(f"{REQUEST_LATENCIES}_sum{labels(key)} {values[-1]!r}")
+            out.append(f"{REQUEST_LATENCIES}_count{labels(key)} {requests[key]}")
+        return "\n".join(out) + "\n"
+
+    def _start_metrics(self) -> None:
+        controller = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                found = self.path.split("?", 1)[0] == "/metrics"
+                body = controller.metrics_text().encode() if found else b"404 page not found\n"
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+        self._metrics_server = Server(("127.0.0.1", 0), Handler)
+        self.metrics_url = f"http://127.0.0.1:{self._metrics_server.server_address[1]}"
+        threading.Thread(target=self._metrics_server.serve_forever, kwargs={"poll_interval": 0.1},
+                         name="fake-knative-metrics", daemon=True).start()
+
     # -- the ingress -------------------------------------------------------------------------------------------
 
     def _routing(self, host: str) -> tuple[str, list[tuple[str, int]]] | None:
@@ -1727,6 +1817,7 @@ class FakeKnative:
                 headers.append(("X-Forwarded-Proto", "http"))
                 rev = controller._cached("revisions", namespace, revision) or {}
                 timeout = (rev.get("spec") or {}).get("timeoutSeconds") or DEFAULT_TIMEOUT_SECONDS
+                started = time.monotonic()
                 try:
                     request = controller._proxy_http.build_request(
                         self.command, f"http://127.0.0.1:{pod.port}{self.path}", headers=headers, content=body,
@@ -1736,8 +1827,10 @@ class FakeKnative:
                         data = b"".join(response.iter_raw())
                     finally:
                         response.close()
-                except httpx.HTTPError as error:
+                except httpx.HTTPError as error:  # the queue-proxy answers 502 for its user container
+                    controller._count(namespace, revision, pod, 502, (time.monotonic() - started) * 1000)
                     return self._reply(502, f"revision {revision}: {error}", revision)
+                controller._count(namespace, revision, pod, response.status_code, (time.monotonic() - started) * 1000)
                 self.send_response(response.status_code, response.reason_phrase)
                 for name, value in response.headers.multi_items():
                     if name.lower() not in HOP_BY_HOP and name.lower() not in ("content-length", "date", "server"):

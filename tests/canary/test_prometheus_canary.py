@@ -51,6 +51,11 @@ def test_prometheus_figures_follow_the_traffic_and_a_bad_canary_is_rolled_back(l
         assert done.code == 0, done.stdout + done.stderr
         assert local.alias() == {"primary": 2, "canary": None, "weight": 0.0}
 
+        local.reset()  # a window shorter than two scrapes would read nothing: refused before any move
+        done = local("canary", NAME, "2", "--interval", "1s", "--prometheus", prometheus.url)
+        assert done.code == 2 and "too short for Prometheus at" in done.stderr and "--interval 2s" in done.stderr
+        assert local.alias() == {"primary": 1, "canary": None, "weight": 0.0}
+
 
 def test_no_prometheus_at_the_url_is_a_clear_error(local):
     done = local("canary", NAME, "2", "--prometheus", "http://127.0.0.1:9", "--interval", "1s")

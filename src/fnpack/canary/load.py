@@ -4,7 +4,7 @@ The answers are not what is judged: the target's own metrics are, as for real tr
 
 from __future__ import annotations
 
-import itertools
+import random
 import threading
 import time
 from typing import Any
@@ -27,7 +27,8 @@ class SampleLoad:
                          for i in range(workers)]
         self._next = time.monotonic()
         self._turn = threading.Lock()
-        self._cycle = itertools.cycle(samples)
+        self._pick = random.Random(len(samples))  # not in turn: a router's exact shares would give a canary
+        # at 1/N of the traffic the same one of N samples every time
 
     @property
     def rate(self) -> float:
@@ -49,7 +50,7 @@ class SampleLoad:
         while not self._stop.is_set():
             with self._turn:  # one schedule for all workers: requests are paced, not bunched
                 self._next = max(self._next + 1.0 / self.rate, time.monotonic() - 1.0)
-                due, payload = self._next, next(self._cycle)
+                due, payload = self._next, self._pick.choice(self.samples)
             if self._stop.wait(max(0.0, due - time.monotonic())):
                 return
             try:

@@ -58,6 +58,7 @@ class Observer(ABC):
 
     name = "metrics"
     delay = 0.0  # seconds from a request to its figures showing
+    min_interval = 0.0  # the shortest window its figures mean something for
 
     def open(self, function: str, alias: str, versions: Iterable[int], quantile: float) -> Window:
         """Start a window now."""

@@ -8,6 +8,7 @@ at least two scrapes in it."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,15 @@ from typing import Any
 import httpx
 
 from fnpack.canary.observer import Figures, Observer, Window
-from fnpack.errors import FnpackError, StartError
+from fnpack.errors import FnpackError, StartError, UsageError
+
+
+def _grown(metric: str, match: str, span: str) -> str:
+    """How much a counter grew in the last `span`, series born within it included: increase() alone counts
+    nothing for a series whose first sample is in the range (a canary's, a first 5xx's), so those count
+    from zero, as a counter starts."""
+    series = f"{metric}{{{match}}}"
+    return f"((increase({series}[{span}]) and {series} offset {span}) or ({series} unless {series} offset {span}))"
 
 
 def _quoted(value: str) -> str:
@@ -54,15 +63,26 @@ def openfaas_queries(namespace: str) -> Queries:
                    lambda f, a, v: f"function_name={_quoted(f'{f}-v{v}.{namespace}')}")
 
 
+def server_url(given: str | None, target: str, scraped: str, metric: str) -> str:
+    """The Prometheus server a target's canary analysis reads: --prometheus, else FNPACK_PROMETHEUS_URL."""
+    url = given or os.environ.get("FNPACK_PROMETHEUS_URL")
+    if not url:
+        raise UsageError(f"canary analysis on the {target} target reads Prometheus ({scraped}): no Prometheus "
+                         "server was named", hint=f"pass --prometheus URL or set FNPACK_PROMETHEUS_URL, the server "
+                                              f"that scrapes them ({metric})")
+    return url
+
+
 class PrometheusObserver(Observer):
     poll = 1.0
 
     def __init__(self, url: str, queries: Queries, transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
-        self.name = f"Prometheus at {self.url}"
+        self.name = f"Prometheus at {self.url} ({queries.requests})"
         self.queries = queries
         self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(15.0, connect=5.0), transport=transport)
         self.delay = self._scrape_interval()
+        self.min_interval = 2 * self.delay  # increase() needs two samples in a window
 
     def close(self) -> None:
         self.http.close()
@@ -74,10 +94,10 @@ class PrometheusObserver(Observer):
         figures = {}
         for version in window.versions:
             match = q.selector(window.function, window.alias, version)
-            requests = self._scalar(f"sum(increase({q.requests}{{{match}}}[{span}]))", now)
-            errors = self._scalar(f"sum(increase({q.requests}{{{match},{q.errors}}}[{span}]))", now)
+            requests = self._scalar(f"sum({_grown(q.requests, match, span)})", now)
+            errors = self._scalar(f"sum({_grown(q.requests, f'{match},{q.errors}', span)})", now)
             latency = self._scalar(f"histogram_quantile({window.quantile}, sum by (le) "
-                                   f"(increase({q.buckets}{{{match}}}[{span}])))", now)
+                                   f"({_grown(q.buckets, match, span)}))", now)
             figures[version] = Figures(requests or 0.0, errors or 0.0,
                                        None if latency is None else latency * q.unit)
         return figures
@@ -114,7 +134,9 @@ class PrometheusObserver(Observer):
 
         try:
             config = yaml.safe_load(self._get("/api/v1/status/config").get("yaml", ""))
-        except yaml.YAMLError:
+        except StartError:
+            raise  # nothing answers: say so now, not at the first window
+        except (FnpackError, yaml.YAMLError, AttributeError):  # Thanos, Mimir, ...: no configuration to read
             config = None
         settings = (config or {}).get("global") if isinstance(config, dict) else None
         try:

@@ -99,6 +99,10 @@ class Rollout:
                 raise NotFoundError(f"{self.function} has no version {self.version}: nothing was moved",
                                     hint=f"deploy it first with `fnpack deploy --no-promote`, see "
                                          f"`fnpack versions {self.function}`")
+            if self.policy.interval < self.observer.min_interval:
+                raise UsageError(f"--interval {self.policy.interval:g}s is too short for {self.observer.name}: its "
+                                 f"figures need windows of at least {self.observer.min_interval:g} s",
+                                 hint=f"use --interval {self.observer.min_interval:g}s or more")
             self.primary, self.expected = state.primary, state
             resumed = round(state.weight * 100) if state.canary == self.version else None
             self.report({"event": "start", "function": self.function, "alias": self.alias, "version": self.version,
@@ -153,8 +157,9 @@ class Rollout:
             if now >= limit:
                 self._window(step, verdict, canary, primary)
                 self._roll_back(step, "halted", f"too little traffic: {verdict.text} after "
-                                                f"{now - window.start:.0f} s (--min-requests, --max-wait; "
-                                                "--load samples sends synthetic traffic)")
+                                                f"{now - window.start:.0f} s in {self.observer.name} "
+                                                "(--min-requests, --max-wait; --load samples sends synthetic "
+                                                "traffic)")
 
     def _window(self, step: int, verdict: Verdict, canary: Figures, primary: Figures | None) -> None:
         event = {"event": "window", "weight": step, "verdict": verdict.outcome, "text": verdict.text,

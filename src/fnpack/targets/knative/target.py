@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,6 +30,8 @@ from fnpack.targets.knative.writes import apply_guarded
 from fnpack.targets.knative.settings import KnativeSettings
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
 
+if TYPE_CHECKING:
+    from fnpack.canary.observer import Observer
 
 
 class KnativeTarget(Target):
@@ -183,6 +185,14 @@ class KnativeTarget(Target):
                    "archive": (template.get("metadata", {}).get("annotations") or {}).get(m.ARCHIVE),
                    "logs": f"fnpack logs {name} --target knative"}
         return instances, errors, details
+
+    def observer(self, prometheus: str | None = None) -> Observer:
+        """The revisions' queue-proxy metrics, as a Prometheus server scraping them has them: Knative keeps no
+        figures of its own that an API call returns."""
+        from fnpack.canary.prometheus import PrometheusObserver, knative_queries, server_url
+
+        url = server_url(prometheus, self.name, "the revisions' queue-proxy metrics", "revision_app_request_count")
+        return PrometheusObserver(url, knative_queries(self.settings.namespace or self.cluster.namespace))
 
     def logs(self, name: str, tail: int = 100, follow: bool = False) -> Iterator[str]:
         """The function's pods' logs, through the core API's pods/log (the newest pod when following)."""

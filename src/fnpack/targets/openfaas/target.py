@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -28,6 +28,11 @@ from fnpack.targets.openfaas.gateway import GatewayApi
 from fnpack.targets.openfaas.settings import OpenFaaSSettings
 from fnpack.targets.openfaas.store import OpenFaaSStore, open_store
 from fnpack.versions import DEFAULT_ALIAS, AliasMove, AliasState, Qualifier, Version
+
+if TYPE_CHECKING:
+    from fnpack.canary.observer import Observer
+
+GATEWAY_NAMESPACE = "openfaas-fn"  # the gateway's function namespace when none is set (its metrics' label)
 
 
 class OpenFaaSTarget(Target):
@@ -158,6 +163,15 @@ class OpenFaaSTarget(Target):
                 errors.append(f"{status.get('name')}: no ready replica of {wanted}")
         return sorted(instances, key=lambda i: str(i["function"])), errors, \
             {"gateway": self.api.url, "logs": f"fnpack logs {name} --target openfaas"}
+
+    def observer(self, prometheus: str | None = None) -> Observer:
+        """The gateway's metrics per function (each version is one), as a Prometheus server scraping the
+        gateway has them: the gateway's REST API tells invocation counts but no errors nor latencies."""
+        from fnpack.canary.prometheus import PrometheusObserver, openfaas_queries, server_url
+
+        url = server_url(prometheus, self.name, "the gateway's metrics, OpenFaaS installs a server beside it",
+                         "gateway_function_invocation_total")
+        return PrometheusObserver(url, openfaas_queries(self.settings.namespace or GATEWAY_NAMESPACE))
 
     def logs(self, name: str, tail: int = 100, follow: bool = False) -> Iterator[str]:
         """The gateway's /system/logs of the function's versions and routers, one line per entry."""
