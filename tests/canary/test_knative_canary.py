@@ -6,10 +6,8 @@ promotes a good revision and rolls back one that fails a fifth of its requests."
 
 from __future__ import annotations
 
-import random
 import re
 import shutil
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ import httpx
 import pytest
 
 from conftest import EXAMPLES, CliResult, fnpack
+from canary.iris_traffic import FAILING_SCORE, OTHER, ROWS, SETOSA, Traffic
 from prometheus_server import PrometheusServer, Scrape
 
 from fnpack.canary.policy import build_policy
@@ -35,24 +34,6 @@ pytestmark = pytest.mark.timeout(300)
 NAMESPACE = "canary"  # the controller here runs pods in this namespace alone
 BUCKET = "canary-models"
 NAME = "scored"
-# Rows of iris, one per species and two more; the failing variant refuses the setosa one (ROWS[0]).
-ROWS = [{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2},
-        {"sepal_length": 7.0, "sepal_width": 3.2, "petal_length": 4.7, "petal_width": 1.4},
-        {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5},
-        {"sepal_length": 6.4, "sepal_width": 3.2, "petal_length": 4.5, "petal_width": 1.5},
-        {"sepal_length": 5.8, "sepal_width": 2.7, "petal_length": 5.1, "petal_width": 1.9}]
-SETOSA, OTHER = ROWS[0], ROWS[2]
-FAILING_SCORE = '''
-
-_score = score
-
-
-def score(outputs):
-    answer = _score(outputs)
-    if answer["label"] == "setosa":  # a regression: one species in five crashes the scorer (a 500)
-        raise RuntimeError("setosa is not handled in this version")
-    return answer
-'''
 
 
 @dataclass
@@ -127,40 +108,9 @@ def knative(kube_cluster: Any, moto_endpoint: str, tmp_path_factory: pytest.Temp
             assert controller.violations == []  # nothing fnpack sent is what Knative's webhook would refuse
 
 
-class Traffic:
-    """Users calling the alias from a background thread, a fifth of them (at random) with the setosa row, at
-    about `rate` a second; what each revision answered is counted. At random, not in turn: the OpenFaaS router
-    sends exactly every fifth request to a 20% canary, which would then get the same row each time."""
-
-    def __init__(self, knative: Knative, host: str = NAME, rate: float = 40.0) -> None:
-        self.knative, self.host, self.rate = knative, host, rate
-        self.answers: Counter[tuple[str, int]] = Counter()  # (revision, status)
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="canary-traffic", daemon=True)
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        headers = {"Host": f"{self.host}.{NAMESPACE}.example.com"}
-        with httpx.Client(base_url=self.knative.controller.ingress_url, headers=headers, timeout=30,
-                          trust_env=False) as client:
-            started, sent, rng = time.monotonic(), 0, random.Random(5)
-            while not self._stop.is_set():
-                try:
-                    row = SETOSA if rng.random() < 0.2 else rng.choice(ROWS[1:])
-                    answer = client.post("/", json=row)
-                    self.answers[(answer.headers.get("knative-revision", "?"), answer.status_code)] += 1
-                except httpx.HTTPError as exc:
-                    self.errors.append(repr(exc))
-                sent += 1
-                time.sleep(max(0.0, started + sent / self.rate - time.monotonic()))
+def users(knative: Knative) -> Traffic:
+    """Callers of the function's `live` through the test ingress (Host routing, as Knative's)."""
+    return Traffic(knative.controller.ingress_url, "/", "knative-revision", {"Host": f"{NAME}.{NAMESPACE}.example.com"})
 
 
 def test_without_a_prometheus_url_canary_analysis_is_refused_and_says_how(knative: Knative,
@@ -217,7 +167,7 @@ def test_a_revision_that_fails_a_fifth_of_its_requests_is_rolled_back_by_its_own
     policy = build_policy(steps="20,100", interval="4s", min_requests=10)
     events: list[dict[str, Any]] = []
     before = knative.target.aliases(NAME)["live"]
-    with Traffic(knative) as traffic:
+    with users(knative) as traffic:
         time.sleep(0.5)
         rollout = Rollout(knative.target, NAME, "live", 2, policy, knative.target.observer(knative.prometheus.url),
                           report=events.append)
@@ -244,7 +194,7 @@ def test_a_revision_that_fails_a_fifth_of_its_requests_is_rolled_back_by_its_own
 def test_a_good_revision_is_promoted_after_its_window_passes(knative: Knative) -> None:
     policy = build_policy(steps="20,100", interval="4s", min_requests=10)
     primary = knative.target.aliases(NAME)["live"].primary
-    with Traffic(knative) as traffic:
+    with users(knative) as traffic:
         time.sleep(0.5)
         observer = knative.target.observer(knative.prometheus.url)
         try:

@@ -7,9 +7,7 @@ back one that fails a fifth of its requests."""
 
 from __future__ import annotations
 
-import random
 import shutil
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ import httpx
 import pytest
 
 from conftest import EXAMPLES, fnpack
+from canary.iris_traffic import FAILING_SCORE, OTHER, ROWS, SETOSA, Traffic
 from prometheus_server import PrometheusServer, Scrape
 from targets import conftest as contract
 
@@ -35,24 +34,6 @@ OpenFaaSHarness = contract.OpenFaaSHarness
 
 NAME = "scored"
 NAMESPACE = "openfaas-fn"  # the gateway's, in its metrics' function_name
-# Rows of iris, one per species and two more; the failing variant refuses the setosa one (ROWS[0]).
-ROWS = [{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2},
-        {"sepal_length": 7.0, "sepal_width": 3.2, "petal_length": 4.7, "petal_width": 1.4},
-        {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5},
-        {"sepal_length": 6.4, "sepal_width": 3.2, "petal_length": 4.5, "petal_width": 1.5},
-        {"sepal_length": 5.8, "sepal_width": 2.7, "petal_length": 5.1, "petal_width": 1.9}]
-SETOSA, OTHER = ROWS[0], ROWS[2]
-FAILING_SCORE = '''
-
-_score = score
-
-
-def score(outputs):
-    answer = _score(outputs)
-    if answer["label"] == "setosa":  # a regression: one species in five crashes the scorer (a 500)
-        raise RuntimeError("setosa is not handled in this version")
-    return answer
-'''
 
 
 def build(root: Path, variant: int, failing: bool = False) -> Path:
@@ -97,40 +78,6 @@ def faas(openfaas_harness: OpenFaaSHarness, tmp_path_factory: pytest.TempPathFac
             PrometheusServer(root / "prometheus", [Scrape("gateway", address)], interval="1s") as prometheus:
         patch.delenv("FNPACK_PROMETHEUS_URL", raising=False)
         yield Faas(openfaas_harness, prometheus)
-
-
-class Traffic:
-    """Users calling the alias from a background thread, a fifth of them (at random) with the setosa row, at
-    about `rate` a second; what each version answered is counted. At random, not in turn: the OpenFaaS router
-    sends exactly every fifth request to a 20% canary, which would then get the same row each time."""
-
-    def __init__(self, faas: Faas, function: str = NAME, rate: float = 40.0) -> None:
-        self.faas, self.function, self.rate = faas, function, rate
-        self.answers: Counter[tuple[str, int]] = Counter()  # (version, status)
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="canary-traffic", daemon=True)
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.faas.harness.gateway, timeout=30, trust_env=False) as client:
-            started, sent, rng = time.monotonic(), 0, random.Random(5)
-            while not self._stop.is_set():
-                try:
-                    row = SETOSA if rng.random() < 0.2 else rng.choice(ROWS[1:])
-                    answer = client.post(f"/function/{self.function}", json=row)
-                    self.answers[(answer.headers.get("x-fnpack-version", "?"), answer.status_code)] += 1
-                except httpx.HTTPError as exc:
-                    self.errors.append(repr(exc))
-                sent += 1
-                time.sleep(max(0.0, started + sent / self.rate - time.monotonic()))
 
 
 def test_without_a_prometheus_url_canary_analysis_is_refused_and_says_how(faas: Faas,
@@ -182,7 +129,7 @@ def test_a_version_that_fails_a_fifth_of_its_requests_is_rolled_back_by_the_gate
     policy = build_policy(steps="20,100", interval="4s", min_requests=10)
     events: list[dict[str, Any]] = []
     before = faas.target.aliases(NAME)["live"]
-    with Traffic(faas) as traffic:
+    with Traffic(faas.harness.gateway, f"/function/{NAME}", "x-fnpack-version") as traffic:
         time.sleep(0.5)
         rollout = Rollout(faas.target, NAME, "live", 2, policy, faas.target.observer(faas.prometheus.url),
                           report=events.append)
@@ -208,7 +155,7 @@ def test_a_version_that_fails_a_fifth_of_its_requests_is_rolled_back_by_the_gate
 def test_a_good_version_is_promoted_after_its_window_passes(faas: Faas) -> None:
     policy = build_policy(steps="20,100", interval="4s", min_requests=10)
     primary = faas.target.aliases(NAME)["live"].primary
-    with Traffic(faas) as traffic:
+    with Traffic(faas.harness.gateway, f"/function/{NAME}", "x-fnpack-version") as traffic:
         time.sleep(0.5)
         observer = faas.target.observer(faas.prometheus.url)
         try:
