@@ -4,6 +4,7 @@ which becomes the alias move's reason in the history."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,17 +19,22 @@ class Verdict:
 
     outcome: Literal["pass", "fail", "wait"]
     text: str
+    usable: bool = True  # False: no counts to judge at all (NaN, a counter reset), not merely too few
 
 
 def judge(policy: Policy, canary: Figures, primary: Figures | None) -> Verdict:
-    """The window's verdict. Too little traffic is never a pass: below `min_requests` it is `wait`."""
+    """The window's verdict. Too little traffic is never a pass: below `min_requests` it is `wait`; so are
+    figures that are no counts (NaN, negative, more errors than requests: a counter reset, a broken source)."""
+    if not _counts(canary):
+        return Verdict("wait", f"figures that are no counts ({canary.requests:g} requests, {canary.errors:g} "
+                               "errors: did a counter reset?)", usable=False)
     if canary.requests < policy.min_requests:
         return Verdict("wait", f"{canary.requests:.0f} of {policy.min_requests} requests needed")
     label = canary.statistic or f"p{policy.quantile * 100:g}"
     parts = [f"errors {percent(canary.error_rate)} (max {percent(policy.max_error_rate)})"]
     failed = [parts[0]] if canary.error_rate > policy.max_error_rate else []
     if policy.max_latency is not None or policy.max_regression is not None:
-        if canary.latency is None:
+        if canary.latency is None or not math.isfinite(canary.latency):
             text = f"{label} unknown (the metrics have no latency)"
             return Verdict("fail", f"{text}, {parts[0]}")
         latency = f"{label} {ms(canary.latency)}"
@@ -38,7 +44,8 @@ def judge(policy: Policy, canary: Figures, primary: Figures | None) -> Verdict:
             if canary.latency > policy.max_latency:
                 failed.append(part)
         if policy.max_regression is not None:
-            if primary is not None and primary.requests >= policy.min_requests and primary.latency:
+            if (primary is not None and _counts(primary) and primary.requests >= policy.min_requests
+                    and primary.latency and math.isfinite(primary.latency) and primary.latency > 0):
                 ratio = canary.latency / primary.latency
                 part = f"{ratio:.2f}x the primary's {ms(primary.latency)} (max {policy.max_regression:g}x)"
                 parts.append(part)
@@ -52,6 +59,11 @@ def judge(policy: Policy, canary: Figures, primary: Figures | None) -> Verdict:
     if failed:
         return Verdict("fail", "; ".join(failed) + over)
     return Verdict("pass", ", ".join(parts) + over)
+
+
+def _counts(figures: Figures) -> bool:
+    requests, errors = figures.requests, figures.errors
+    return math.isfinite(requests) and math.isfinite(errors) and 0 <= errors <= requests
 
 
 def percent(rate: float) -> str:

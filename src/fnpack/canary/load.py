@@ -4,11 +4,13 @@ The answers are not what is judged: the target's own metrics are, as for real tr
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
 from typing import Any
 
+from fnpack.errors import UsageError
 from fnpack.versions import Qualifier
 
 MAX_RATE = 200.0  # requests per second, whatever the arithmetic says
@@ -18,6 +20,10 @@ MIN_RATE = 2.0
 class SampleLoad:
     def __init__(self, target: Any, qualifier: Qualifier, samples: list[Any], min_requests: int, interval: float,
                  rate: float | None = None, workers: int = 4) -> None:
+        if rate is not None and not (math.isfinite(rate) and rate > 0):  # 0 kills the workers (1 / 0); a
+            # negative, nan or inf one undoes the pacing: every worker sends as fast as it can
+            raise UsageError(f"--load-rate {rate:g} is not a number of requests per second",
+                             hint="e.g. --load-rate 20, or leave it out: enough for --min-requests at each step")
         self.target, self.qualifier, self.samples = target, qualifier, samples
         self.min_requests, self.interval, self.fixed = min_requests, interval, rate
         self.weight = 0.05

@@ -4,6 +4,7 @@ the spec's `canary:` section (`CanarySettings`), the CLI winning."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -27,6 +28,8 @@ def parse_duration(text: str | float, what: str = "--interval") -> float:
         if not found:
             raise UsageError(f"{what} {text!r} is not a duration", hint="e.g. 30s, 1m, 1.5m, 300ms or 1h")
         seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    if not math.isfinite(seconds):  # nan never ends a window (nothing is >= nan), inf never either
+        raise UsageError(f"{what} {text!r} is not a finite duration", hint="e.g. 30s, 1m, 1.5m, 300ms or 1h")
     if seconds <= 0:
         raise UsageError(f"{what} {text!r} must be more than 0")
     return seconds
@@ -62,6 +65,9 @@ def parse_factor(text: str | float, what: str = "--max-regression") -> float:
     except ValueError:
         raise UsageError(f"{what} {text!r} is not a factor", hint="e.g. 1.5x: the canary at most 1.5 times "
                                                                     "slower than the primary") from None
+    if not math.isfinite(value):  # nan would turn the check off: no ratio is > nan
+        raise UsageError(f"{what} {text!r} is not a finite factor", hint="e.g. 1.5x: the canary at most 1.5 times "
+                                                                           "slower than the primary")
     if value < 1.0:
         raise UsageError(f"{what} {text!r} must be at least 1x", hint="1.5x lets the canary be 1.5 times slower")
     return value
@@ -149,6 +155,21 @@ class CanarySettings(BaseModel):
     max_wait: str | float | None = Field(default=None, description="How long a window waits for them.")
     load: Literal["none", "samples"] | None = Field(default=None, description="samples: send the spec's samples "
                                                                               "as synthetic traffic.")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        # pydantic takes true for 1 (steps: [true], min_requests: true, interval: true = 1 s): a typo, not a value
+        if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+            raise ValueError("a boolean is not a value here")
+        return value
+
+    @field_validator("min_requests")
+    @classmethod
+    def _at_least_one(cls, value: Any) -> Any:
+        if value is not None and value < 1:
+            raise ValueError(f"{value} must be at least 1 (too little traffic is not success)")
+        return value
 
     @field_validator("steps", "interval", "max_error_rate", "max_latency", "max_regression", "max_wait")
     @classmethod

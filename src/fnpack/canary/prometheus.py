@@ -7,6 +7,7 @@ at least two scrapes in it."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -75,12 +76,15 @@ def server_url(given: str | None, target: str, scraped: str, metric: str) -> str
 
 class PrometheusObserver(Observer):
     poll = 1.0
+    timeout = 15.0  # seconds for a whole answer: a server trickling one byte at a time never times out a read
+    max_body = 16 << 20  # bytes: an instant query of one sum is a few hundred
 
     def __init__(self, url: str, queries: Queries, transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
         self.name = f"Prometheus at {self.url} ({queries.requests})"
         self.queries = queries
-        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(15.0, connect=5.0), transport=transport)
+        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(5.0, self.timeout)),
+                                 transport=transport)
         self.delay = self._scrape_interval()
         self.min_interval = 2 * self.delay  # increase() needs two samples in a window
 
@@ -104,25 +108,43 @@ class PrometheusObserver(Observer):
 
     def _scalar(self, query: str, at: float) -> float | None:
         data = self._get("/api/v1/query", {"query": query, "time": f"{at:.3f}"})
-        result = data.get("result") or []
+        result = data.get("result") if isinstance(data, dict) else [data]
+        if result is not None and not isinstance(result, list):
+            result = [result]  # not a vector: unreadable below
         if not result:
             return None
-        value = float(result[0]["value"][1])
+        try:
+            value = float(result[0]["value"][1])
+        except (TypeError, KeyError, IndexError, ValueError):
+            raise FnpackError(f"Prometheus at {self.url} answered a query with what is no vector: "
+                              f"{str(result)[:200]}", hint="is it a Prometheus server (2.x or later)?") from None
         return None if math.isnan(value) or math.isinf(value) else value
 
     def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        deadline = time.monotonic() + self.timeout
+        hint = "pass --prometheus URL (FNPACK_PROMETHEUS_URL) of the server that scrapes the functions' metrics"
         try:
-            response = self.http.get(path, params=params)
+            with self.http.stream("GET", path, params=params) as response:
+                content = bytearray()
+                for chunk in response.iter_bytes():
+                    content += chunk
+                    if len(content) > self.max_body:
+                        raise FnpackError(f"Prometheus at {self.url} answered {path} with more than "
+                                          f"{self.max_body >> 20} MB: no answer of it is that large",
+                                          hint="is it a Prometheus server (2.x or later)?")
+                    if time.monotonic() > deadline:
+                        raise StartError(f"Prometheus at {self.url} did not finish its answer to {path} in "
+                                         f"{self.timeout:g} s", hint=hint)
         except httpx.HTTPError as exc:
-            raise StartError(f"no Prometheus answers at {self.url}: {exc}",
-                             hint="pass --prometheus URL (FNPACK_PROMETHEUS_URL) of the server that scrapes the "
-                                  "functions' metrics") from None
+            raise StartError(f"no Prometheus answers at {self.url}: {type(exc).__name__} {exc}", hint=hint) from None
+        text = content.decode("utf-8", errors="replace")
         try:
-            body = response.json()
+            body = json.loads(content)
         except ValueError:
-            body = {}
-        if response.status_code >= 400 or body.get("status") != "success":
-            raise FnpackError(f"Prometheus at {self.url} refused {path}: {body.get('error') or response.text[:200]}",
+            body = None
+        body = body if isinstance(body, dict) else {}
+        if response.status_code >= 400 or body.get("status") != "success" or "data" not in body:
+            raise FnpackError(f"Prometheus at {self.url} refused {path}: {str(body.get('error') or text[:200])}",
                               hint="is it a Prometheus server (2.x or later)?")
         return body["data"]
 
@@ -136,10 +158,11 @@ class PrometheusObserver(Observer):
             config = yaml.safe_load(self._get("/api/v1/status/config").get("yaml", ""))
         except StartError:
             raise  # nothing answers: say so now, not at the first window
-        except (FnpackError, yaml.YAMLError, AttributeError):  # Thanos, Mimir, ...: no configuration to read
+        except (FnpackError, yaml.YAMLError, AttributeError, TypeError):  # Thanos, Mimir, ...: none to read
             config = None
-        settings = (config or {}).get("global") if isinstance(config, dict) else None
+        settings = config.get("global") if isinstance(config, dict) else None
+        settings = settings if isinstance(settings, dict) else {}
         try:
-            return parse_duration(str((settings or {}).get("scrape_interval", "15s")), "scrape_interval")
+            return parse_duration(str(settings.get("scrape_interval", "15s")), "scrape_interval")
         except FnpackError:  # e.g. 1m30s: the default is as good a guess
             return 15.0

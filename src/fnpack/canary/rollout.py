@@ -131,16 +131,25 @@ class Rollout:
         rolls back and raises CanaryFailed."""
         if self.load is not None:
             self.load.weight = step / 100
-        window = self.observer.open(self.function, self.alias, (self.primary, self.version), self.policy.quantile)
+        window = self._observe(self.observer.open, self.function, self.alias, (self.primary, self.version),
+                               self.policy.quantile)
+        opened = window.start
         due = window.start + self.policy.interval + self.observer.delay
         limit = window.start + max(self.policy.wait_limit, self.policy.interval) + self.observer.delay
         while True:
             left = due - time.time()
             time.sleep(self.poll if left <= 0 else min(self.poll, left))  # waking at `due` exactly, then polling
             self._still_ours()
-            figures = self.observer.read(window)
+            figures = self._observe(self.observer.read, window)
             canary, primary = figures.get(self.version, Figures()), figures.get(self.primary)
-            verdict = judge(self.policy, canary, primary)
+            if _went_down(canary) or (primary is not None and _went_down(primary)):
+                # a counter went down (the platform restarted): count from here on, as increase() does, rather
+                # than judge differences that hide errors (fewer errors than at the start: a 0% error rate)
+                window = self._observe(self.observer.open, self.function, self.alias,
+                                       (self.primary, self.version), self.policy.quantile)
+                verdict = Verdict("wait", "counters went down (a restart?): counting again from then", usable=False)
+            else:
+                verdict = judge(self.policy, canary, primary)
             now = time.time()
             self.report({"event": "progress", "weight": step, "canary": canary.to_dict(),
                          "primary": primary.to_dict() if primary else None, "verdict": verdict.outcome,
@@ -156,10 +165,24 @@ class Rollout:
                 return
             if now >= limit:
                 self._window(step, verdict, canary, primary)
+                if not verdict.usable:
+                    self._roll_back(step, "halted", f"no usable figures: {verdict.text} after "
+                                                    f"{now - opened:.0f} s in {self.observer.name}")
                 self._roll_back(step, "halted", f"too little traffic: {verdict.text} after "
-                                                f"{now - window.start:.0f} s in {self.observer.name} "
+                                                f"{now - opened:.0f} s in {self.observer.name} "
                                                 "(--min-requests, --max-wait; --load samples sends synthetic "
                                                 "traffic)")
+
+    def _observe(self, call: Callable[..., Any], *args: Any) -> Any:
+        """An observer's call; what it raises that is no FnpackError (a page its parser chokes on) named as
+        the observer's."""
+        try:
+            return call(*args)
+        except FnpackError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a source answering garbage is the source's error
+            raise FnpackError(f"{self.observer.name} answered figures that cannot be read: "
+                              f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
     def _window(self, step: int, verdict: Verdict, canary: Figures, primary: Figures | None) -> None:
         event = {"event": "window", "weight": step, "verdict": verdict.outcome, "text": verdict.text,
@@ -187,7 +210,7 @@ class Rollout:
         return move
 
     def _still_ours(self) -> None:
-        if self._current() != self.expected:
+        if self._current(missing_ok=True) != self.expected:  # deleted is moved too
             raise self._moved_elsewhere()
 
     def _moved_elsewhere(self) -> MovedElsewhere:
@@ -209,6 +232,10 @@ class Rollout:
         self.report({"event": "end", "outcome": outcome, "reason": reason, "state": str(result.state),
                      "seconds": result.seconds})
         return result
+
+
+def _went_down(figures: Figures) -> bool:
+    return figures.requests < 0 or figures.errors < 0
 
 
 # --- status and abort ----------------------------------------------------------------------------------
@@ -259,7 +286,7 @@ def hold_lock(target: Any, function: str, alias: str, version: int) -> Iterator[
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+", encoding="utf-8")
     except OSError as exc:
-        raise FnpackError(f"cannot write the rollout lock {path}: {exc.strerror}",
+        raise FnpackError(f"cannot write the rollout lock {path}: {exc.strerror or exc}",
                           hint="set FNPACK_CACHE_DIR to a writable folder") from None
     with handle:
         try:
@@ -293,9 +320,10 @@ def lock_holder(target: Any, function: str, alias: str) -> dict[str, Any] | None
                 handle.seek(0)
                 text = handle.read()
                 try:
-                    return json.loads(text) if text else {}
+                    found = json.loads(text) if text else {}
                 except ValueError:
                     return {}
+                return found if isinstance(found, dict) else {}  # garbage in it: held all the same
             fcntl.flock(handle, fcntl.LOCK_UN)
             return None
     except OSError:
@@ -304,15 +332,35 @@ def lock_holder(target: Any, function: str, alias: str) -> dict[str, Any] | None
 
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """Ctrl-C while a move is being made takes effect once it is made, so that the history and the alias agree."""
+    """Ctrl-C (or SIGTERM) while a move is being made takes effect once it is made, so that the history and the
+    alias agree."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    previous = {number: signal.signal(number, lambda *args: caught.append(args))
+                for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         if caught:
             raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job, `kill`) stops a rollout as Ctrl-C does: at a recorded step, said so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -179,8 +179,8 @@ def run_rollout(remote: Any, name: str, alias: str, version: int, options: dict[
                 as_json: bool) -> None:
     """A rollout with the CLI's rendering (also `fnpack deploy --canary`); exits 14 when rolled back."""
     from fnpack.canary.load import SampleLoad
-    from fnpack.canary.rollout import CanaryFailed, Rollout
-    from fnpack.errors import UsageError
+    from fnpack.canary.rollout import CanaryFailed, Rollout, terminate_as_interrupt
+    from fnpack.errors import ConflictError, UsageError
     from fnpack.versions import Qualifier
 
     spec = _read_spec(spec_path)
@@ -202,9 +202,14 @@ def run_rollout(remote: Any, name: str, alias: str, version: int, options: dict[
         render = _Renderer(as_json)
         rollout = Rollout(remote, name, alias, version, policy, observer, render, traffic)
         try:
-            outcome = rollout.run()
-        except CanaryFailed:
+            with terminate_as_interrupt():
+                outcome = rollout.run()
+        except (CanaryFailed, ConflictError):
             render.finish()
+            raise
+        except FnpackError as exc:  # the observer failing mid-rollout (no answer, garbage): say where it stands
+            render.finish()
+            _where_it_stays(exc, remote, name, alias, version)
             raise
         except KeyboardInterrupt:
             render.finish()
@@ -220,6 +225,18 @@ def run_rollout(remote: Any, name: str, alias: str, version: int, options: dict[
             say(f"canary   nothing to do: {outcome.reason}")
         else:
             say(f"promoted {name}:{alias} -> v{version} in {outcome.seconds:.1f} s ({outcome.reason})")
+
+
+def _where_it_stays(exc: FnpackError, remote: Any, name: str, alias: str, version: int) -> None:
+    """An error that stopped a rollout at a canary step says so, and how to resume or abort it."""
+    try:
+        state = remote.aliases(name).get(alias)
+    except Exception:  # noqa: BLE001 - the platform itself may be what failed: the error says enough then
+        return
+    if state is not None and state.canary == version:
+        exc.message = f"{exc.message}; {name}:{alias} stays at {state}, a recorded step"
+        exc.hint = (f"{exc.hint}; " if exc.hint else "") + (f"`fnpack canary {name} {version}` resumes it, "
+                                                           f"`fnpack canary abort {name}` rolls it back")
 
 
 def _canary_settings(spec: Optional[dict[str, Any]]) -> Any:
