@@ -26,7 +26,7 @@ import pytest
 from servers import free_port, stop, wait_ready
 
 from fnpack.errors import UsageError
-from fnpack.router import Picker, parse_route
+from fnpack.router import RouterApp, parse_route
 from fnpack.versions import AliasState, WeightedRouter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -252,9 +252,11 @@ def client() -> httpx.Client:
 
 @pytest.mark.parametrize("weight", [0.0, 0.01, 0.1, 0.25, 1 / 3, 0.5, 0.7, 0.9, 0.99, 1.0])
 def test_the_router_picks_as_the_shared_weighted_router_does(weight):
-    """The router keeps its own copy of the rule (fnpack.versions imports pydantic, which the image lacks)."""
+    """The router picks with fnpack.versions.WeightedRouter, as the local platform does: exact shares."""
+    route = parse_route(json.dumps({"function": "f", "alias": "live", "primary": 1, "canary": 2, "weight": weight,
+                                    "upstream": "http://127.0.0.1:9/{function}-v{version}"}))
+    own = RouterApp(route, {}).picker
     shared = WeightedRouter(AliasState(1, 2, weight))
-    own = Picker(1, 2, weight)
     picks = [own.pick() for _ in range(2000)]
     assert picks == [shared.pick() for _ in range(2000)]
     for n in range(1, 2001):

@@ -11,8 +11,8 @@ alias, from the same runtime image as the versions, that forwards each request t
 refused: a router that ignored a field it does not know would route otherwise than the one who wrote it meant.
 
 Per request: the version is picked by smooth weighted round robin (after n requests the canary has had
-round(n * weight) of them, give or take one, at every point; the same rule as fnpack.versions.WeightedRouter,
-which a test holds this copy to); the request (method, the path after the function's root, the query string,
+round(n * weight) of them, give or take one, at every point: fnpack.versions.WeightedRouter, as the local
+platform picks); the request (method, the path after the function's root, the query string,
 the headers minus hop-by-hop ones and Host, the body) goes to `upstream.format(...) + path`; the answer comes
 back as the upstream sent it (status, headers minus hop-by-hop ones, the body streamed, never decoded), with
 `X-Fnpack-Version: N` and `X-Fnpack-Alias: ALIAS` (in place of any the upstream sent). A path with a `.` or
@@ -31,8 +31,8 @@ back as the upstream sent it (status, headers minus hop-by-hop ones, the body st
 - SIGTERM: uvicorn stops accepting, closes idle connections and lets in-flight requests finish (make_config
   sets no graceful-shutdown timeout), so a rolling update of the router loses no request.
 
-Imports: httpx and the standard library only (the runtime image has neither pydantic nor numpy, and
-fnpack.versions imports fnpack.spec, which needs pydantic: hence the copy of the picking rule below).
+Imports: httpx, the standard library and fnpack.versions, which needs nothing else (the runtime image has
+neither pydantic nor numpy).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from urllib.parse import quote_from_bytes
 import httpx
 
 from fnpack.errors import UsageError
+from fnpack.versions import AliasState, WeightedRouter
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -161,26 +162,6 @@ def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-class Picker:
-    """Smooth weighted round robin between primary and canary: fnpack.versions.WeightedRouter's rule (a test
-    checks that both pick the same sequence), without its imports."""
-
-    __slots__ = ("primary", "canary", "weight", "credit")
-
-    def __init__(self, primary: int, canary: int | None, weight: float) -> None:
-        self.primary, self.canary, self.weight = primary, canary, weight if canary is not None else 0.0
-        self.credit = 0.0  # the canary's accumulated share minus what it was given
-
-    def pick(self) -> int:
-        if self.canary is None or self.weight == 0.0:
-            return self.primary
-        self.credit += self.weight
-        if self.credit >= 0.5:
-            self.credit -= 1.0
-            return self.canary
-        return self.primary
-
-
 class _Disconnected(Exception):
     pass
 
@@ -192,7 +173,8 @@ class RouterApp:
         self.route = route
         self.timeout = _env_number(env, "FNPACK_ROUTE_TIMEOUT", DEFAULT_TIMEOUT)
         self.max_body = int(_env_number(env, "FNPACK_ROUTE_MAX_BODY", DEFAULT_MAX_BODY))
-        self.picker = Picker(route.primary, route.canary, route.weight)
+        self.picker = WeightedRouter(AliasState(route.primary, route.canary,
+                                                route.weight if route.canary is not None else 0.0))
         self.bases = {v: route.url(v) for v in (route.primary, route.canary) if v is not None}
         self.tags = {v: [(b"x-fnpack-version", str(v).encode()), (b"x-fnpack-alias", route.alias.encode())]
                      for v in self.bases}

@@ -18,13 +18,13 @@ from fnpack.targets.aws_lambda.settings import LambdaSettings
 from fnpack.targets.catalog import TARGETS as DEPLOY_TARGETS
 from fnpack.targets.knative.settings import KnativeSettings
 from fnpack.targets.openfaas.settings import OpenFaaSSettings
+from fnpack.versions import NAME_PATTERN
 
 SPEC_FILE = "fnpack.yaml"
 RUNTIMES = ("python3.11", "python3.12")
 DTYPES = ("bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
           "float16", "float32", "float64", "string")
 # Used with fullmatch() only: `$` also matches before a final newline. re.ASCII: `\d` and `\w` take any script.
-NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 CALLABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
 

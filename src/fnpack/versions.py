@@ -15,7 +15,11 @@ import re
 from dataclasses import dataclass
 
 from fnpack.errors import UsageError
-from fnpack.spec import NAME_PATTERN
+
+# A function's name: a lower-case DNS label (a Lambda and Knative name). Here, not in fnpack.spec, so that
+# this module imports nothing but the standard library and fnpack.errors (the alias router runs on it in an
+# image without pydantic). Used with fullmatch() only: `$` also matches before a final newline.
+NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 DEFAULT_ALIAS = "live"
 # Lower-case like function names (a Knative traffic tag is a DNS label); never a version's
