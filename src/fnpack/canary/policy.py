@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from fnpack.errors import UsageError
 
 DEFAULT_STEPS = (5, 25, 50, 100)
+MIN_WAIT = 30.0  # seconds: the least a window waits for its requests unless --max-wait says otherwise
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _LATENCY = re.compile(r"p([0-9]+(?:\.[0-9]+)?)=(.+)")
@@ -100,7 +101,7 @@ class Policy:
     max_latency: float | None = None  # seconds at `quantile`
     max_regression: float | None = None  # canary's latency at most this times the primary's
     min_requests: int = 50
-    max_wait: float | None = None  # how long a window may wait for min_requests (default: 10 intervals)
+    max_wait: float | None = None  # how long a window may wait for min_requests (default: 10 intervals, >= 30 s)
 
     def __post_init__(self) -> None:
         if self.min_requests < 1:
@@ -114,7 +115,8 @@ class Policy:
 
     @property
     def wait_limit(self) -> float:
-        return self.max_wait if self.max_wait is not None else 10 * self.interval
+        # at least 30 s by default: 10 intervals of a short one (1 s) is less than a cold start can take
+        return self.max_wait if self.max_wait is not None else max(10 * self.interval, MIN_WAIT)
 
     def describe(self) -> str:
         limits = [f"errors <= {self.max_error_rate:.2%}".replace(".00%", "%")]

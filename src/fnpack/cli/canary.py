@@ -70,7 +70,7 @@ def canary_start(
                                                     "(default 50)."),
     max_wait: Optional[str] = typer.Option(None, "--max-wait", metavar="DURATION", show_default=False,
                                            help="How long a window waits for --min-requests before the rollout "
-                                                "halts and rolls back (default 10 intervals)."),
+                                                "halts and rolls back (default 10 intervals, at least 30 s)."),
     load: Optional[str] = typer.Option(None, "--load", metavar="none|samples", show_default=False,
                                        help="samples: send the spec's samples through the alias as synthetic "
                                             "traffic."),
