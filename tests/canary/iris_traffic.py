@@ -1,17 +1,21 @@
-"""Users of an iris function behind an alias, for the canary tests of the targets whose versions run as
-processes (knative's test controller, the fake OpenFaaS gateway): a background thread calling it at about
-`rate` a second, a fifth of the calls (at random) with the setosa row, counting what each version answered.
-At random, not in turn: a router's exact shares (OpenFaaS's sends exactly every fifth request to a 20%
-canary) would give a canary the same row every time."""
+"""An iris function and its users, for the canary tests of the targets whose versions run as processes
+(knative's test controller, the fake OpenFaaS gateway): `build` makes its variants, `Traffic` calls it from a
+background thread at about `rate` a second, a fifth of the calls (at random) with the setosa row, counting what
+each version answered. At random, not in turn: a router's exact shares (OpenFaaS's sends exactly every fifth
+request to a 20% canary) would give a canary the same row every time."""
 
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
+
+from conftest import EXAMPLES, fnpack
 
 # Rows of iris, one per species and two more; the failing variant refuses the setosa one (ROWS[0]).
 ROWS = [{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2},
@@ -63,3 +67,21 @@ class Traffic:
                     self.errors.append(repr(exc))
                 sent += 1
                 time.sleep(max(0.0, started + sent / self.rate - time.monotonic()))
+
+
+def build(root: Path, name: str, variant: int, target: str, failing: bool = False) -> Path:
+    """examples/iris named `name`, built for `target`; variants differ in bytes, `failing` ones crash on setosa."""
+    folder = root / f"{name}-{variant}"
+    shutil.copytree(EXAMPLES / "iris", folder, ignore=shutil.ignore_patterns("dist", "__pycache__"))
+    spec = folder / "fnpack.yaml"
+    spec.write_text(spec.read_text().replace("name: iris", f"name: {name}", 1))
+    (folder / "features.py").write_text((folder / "features.py").read_text() + f"\n# variant {variant}\n")
+    if failing:
+        (folder / "score.py").write_text((folder / "score.py").read_text() + FAILING_SCORE)
+        setosa = "  - data: {sepal_length: 5.1, sepal_width: 3.5, petal_length: 1.4, petal_width: 0.2}\n" \
+                 "    expect: {label: setosa}\n"
+        assert setosa in spec.read_text()
+        spec.write_text(spec.read_text().replace(setosa, ""))  # the build's smoke test would fail on it
+    done = fnpack("build", str(folder), "--target", target, "--json")
+    assert done.code == 0, done.stdout + done.stderr
+    return Path(done.json()["archive"])

@@ -7,7 +7,6 @@ back one that fails a fifth of its requests."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import EXAMPLES, fnpack
-from canary.iris_traffic import FAILING_SCORE, OTHER, ROWS, SETOSA, Traffic
+from canary import iris_traffic
+from canary.iris_traffic import OTHER, ROWS, SETOSA, Traffic
 from prometheus_server import PrometheusServer, Scrape
 from targets import conftest as contract
 
@@ -37,21 +36,7 @@ NAMESPACE = "openfaas-fn"  # the gateway's, in its metrics' function_name
 
 
 def build(root: Path, variant: int, failing: bool = False) -> Path:
-    """examples/iris named NAME, built for openfaas; variants differ in bytes, `failing` ones crash on setosa."""
-    folder = root / f"{NAME}-{variant}"
-    shutil.copytree(EXAMPLES / "iris", folder, ignore=shutil.ignore_patterns("dist", "__pycache__"))
-    spec = folder / "fnpack.yaml"
-    spec.write_text(spec.read_text().replace("name: iris", f"name: {NAME}", 1))
-    (folder / "features.py").write_text((folder / "features.py").read_text() + f"\n# variant {variant}\n")
-    if failing:
-        (folder / "score.py").write_text((folder / "score.py").read_text() + FAILING_SCORE)
-        setosa = "  - data: {sepal_length: 5.1, sepal_width: 3.5, petal_length: 1.4, petal_width: 0.2}\n" \
-                 "    expect: {label: setosa}\n"
-        assert setosa in spec.read_text()
-        spec.write_text(spec.read_text().replace(setosa, ""))  # the build's smoke test would fail on it
-    done = fnpack("build", str(folder), "--target", "openfaas", "--json")
-    assert done.code == 0, done.stdout + done.stderr
-    return Path(done.json()["archive"])
+    return iris_traffic.build(root, NAME, variant, "openfaas", failing)
 
 
 class Faas:
