@@ -220,11 +220,9 @@ class Rollout:
                               hint=f"`fnpack alias history {self.function} {self.alias}` says who moved it")
 
     def _current(self, missing_ok: bool = False) -> AliasState | None:
-        state = self.target.aliases(self.function).get(self.alias)
-        if state is None and not missing_ok:
-            raise NotFoundError(f"{self.function} has no alias {self.alias!r}: a canary needs a primary version",
-                                hint=f"deploy a first version with `fnpack deploy` (it sets {self.alias})")
-        return state
+        if missing_ok:
+            return self.target.aliases(self.function).get(self.alias)
+        return alias_state(self.target, self.function, self.alias, rollout=True)
 
     def _end(self, outcome: str, reason: str, state: AliasState | None) -> Outcome:
         result = Outcome(outcome, self.function, self.alias, self.version, self.primary or None, reason,
@@ -241,11 +239,20 @@ def _went_down(figures: Figures) -> bool:
 # --- status and abort ----------------------------------------------------------------------------------
 
 
-def status(target: Any, function: str, alias: str) -> dict[str, Any]:
-    """Where a rollout on `function:alias` stands, from the alias and its history (and this machine's lock)."""
+def alias_state(target: Any, function: str, alias: str, rollout: bool = False) -> AliasState:
+    """Where the alias points; NotFoundError when it is not set (`rollout`: saying a canary needs a primary)."""
     state = target.aliases(function).get(alias)
+    if state is None and rollout:
+        raise NotFoundError(f"{function} has no alias {alias!r}: a canary needs a primary version",
+                            hint=f"deploy a first version with `fnpack deploy` (it sets {alias})")
     if state is None:
         raise NotFoundError(f"{function} has no alias {alias!r}", hint=f"`fnpack alias list {function}` lists them")
+    return state
+
+
+def status(target: Any, function: str, alias: str) -> dict[str, Any]:
+    """Where a rollout on `function:alias` stands, from the alias and its history (and this machine's lock)."""
+    state = alias_state(target, function, alias)
     moves = target.history(function, alias)
     last = next((m for m in reversed(moves) if (m.reason or "").startswith(f"{PREFIX} v")), None)
     under_way = (state.canary is not None and last is not None and last.after == state
@@ -259,12 +266,10 @@ def status(target: Any, function: str, alias: str) -> dict[str, Any]:
 
 def abort(target: Any, function: str, alias: str, reason: str | None = None) -> AliasMove:
     """Roll a rollout back: the alias on its primary alone (a running rollout sees the move and stops)."""
-    state = target.aliases(function).get(alias)
-    if state is None:
-        raise NotFoundError(f"{function} has no alias {alias!r}", hint=f"`fnpack alias list {function}` lists them")
+    state = alias_state(target, function, alias)
     if state.canary is None:
         raise UsageError(f"{function}:{alias} has no canary to abort: it is at {state}",
-                         hint=f"`fnpack rollback {function} --alias {alias}` undoes its last move")
+                         hint=f"`fnpack rollback {function} {alias}` undoes its last move")
     why = f"{PREFIX} v{state.canary} aborted at {state.weight:.0%}" + (f": {reason}" if reason else "")
     return target.set_alias(function, alias, AliasState(state.primary), why, expect=state)
 

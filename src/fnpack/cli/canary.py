@@ -7,7 +7,6 @@ verdict, a live line on a terminal; with --json, one JSON object per event (star
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -215,8 +214,7 @@ def run_rollout(remote: Any, name: str, alias: str, version: int, options: dict[
             render.finish()
             state = remote.aliases(name).get(alias)
             raise CanaryInterrupted(f"interrupted: {name}:{alias} stays at {state or '(not set)'}, a recorded step",
-                                    hint=f"`fnpack canary {name} {version}` resumes it, `fnpack canary abort {name}` "
-                                         "rolls it back") from None
+                                    hint=_resume_hint(name, version)) from None
         render.finish()
     finally:
         observer.close()
@@ -235,8 +233,11 @@ def _where_it_stays(exc: FnpackError, remote: Any, name: str, alias: str, versio
         return
     if state is not None and state.canary == version:
         exc.message = f"{exc.message}; {name}:{alias} stays at {state}, a recorded step"
-        exc.hint = (f"{exc.hint}; " if exc.hint else "") + (f"`fnpack canary {name} {version}` resumes it, "
-                                                           f"`fnpack canary abort {name}` rolls it back")
+        exc.hint = (f"{exc.hint}; " if exc.hint else "") + _resume_hint(name, version)
+
+
+def _resume_hint(name: str, version: int) -> str:
+    return f"`fnpack canary {name} {version}` resumes it, `fnpack canary abort {name}` rolls it back"
 
 
 def _canary_settings(spec: Optional[dict[str, Any]]) -> Any:
@@ -254,35 +255,24 @@ def _canary_settings(spec: Optional[dict[str, Any]]) -> Any:
 
 
 def _samples(spec: Optional[dict[str, Any]], spec_path: Optional[Path]) -> list[Any]:
-    """The spec's samples' request bodies (a `file:` one read relative to the spec's folder)."""
-    from fnpack.errors import SpecError, UsageError
+    """The spec's samples' request bodies, read as the build reads them (a `file:` one relative to the spec)."""
+    from fnpack.build.pipeline import load_samples
+    from fnpack.errors import UsageError
+    from fnpack.spec import Project, parse_spec
 
-    samples = (spec or {}).get("samples") or []
-    if not samples:
+    if not (spec or {}).get("samples"):
         raise UsageError("--load samples needs the spec's samples, and there are none",
                          hint="run it in the function's folder (or pass --spec PATH) whose fnpack.yaml has samples:")
     base = Path(spec_path or ".")
-    base = base if base.is_dir() else base.parent
-    payloads = []
-    for sample in samples:
-        if isinstance(sample, dict) and "file" in sample:
-            try:
-                payloads.append(json.loads((base / str(sample["file"])).read_text(encoding="utf-8")))
-            except (OSError, ValueError) as exc:
-                raise SpecError(f"sample file {sample['file']!r} cannot be read as JSON: {exc}") from None
-        elif isinstance(sample, dict) and "data" in sample:
-            payloads.append(sample["data"])
-    return payloads
+    root = (base if base.is_dir() else base.parent).resolve()
+    return [sample["data"] for sample in load_samples(Project(root, parse_spec(spec or {})))]
 
 
 def _print_plan(remote: Any, name: str, alias: str, version: int, policy: Any, observer: Any, load: str,
                 as_json: bool) -> None:
-    from fnpack.errors import NotFoundError
+    from fnpack.canary.rollout import alias_state
 
-    state = remote.aliases(name).get(alias)
-    if state is None:
-        raise NotFoundError(f"{name} has no alias {alias!r}: a canary needs a primary version",
-                            hint=f"deploy a first version with `fnpack deploy` (it sets {alias})")
+    state = alias_state(remote, name, alias, rollout=True)
     primary = state.primary
     moves = [f"v{primary} + v{version} at {step}%" for step in policy.windows] + [f"v{version}"]
     if as_json:

@@ -22,6 +22,8 @@ _CONFLICT = {"PreconditionFailedException", "PreconditionFailed", "ResourceConfl
 _IAM_ACTION = {"lambda:Invoke": "lambda:InvokeFunction", "s3:ListObjectsV2": "s3:ListBucket",
                "s3:HeadObject": "s3:GetObject", "s3:CreateMultipartUpload": "s3:PutObject",
                "s3:UploadPart": "s3:PutObject", "s3:CompleteMultipartUpload": "s3:PutObject"}
+# API endpoint prefixes some refusals (moto's) name actions with, which no IAM policy accepts: IAM's own.
+_IAM_SERVICE = {"monitoring": "cloudwatch"}
 CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (`aws configure`, "
                     "`aws sso login`); fnpack uses boto3's usual credential chain")
 REGION_HINT = ("pass --region, set FNPACK_LAMBDA_REGION, AWS_REGION or AWS_DEFAULT_REGION, aws_lambda.region in "
@@ -68,6 +70,8 @@ def aws_error(exc: BaseException, service: str = "lambda", what: str = "") -> Fn
     if code in _ACCESS_DENIED or "not authorized to perform" in message:
         permission = m.group(1) if (m := _PERFORM.search(message)) else action
         permission = _IAM_ACTION.get(permission, permission)
+        prefix, _, name = permission.partition(":")
+        permission = f"{_IAM_SERVICE[prefix]}:{name}" if prefix in _IAM_SERVICE else permission
         return AccessDeniedError(f"access denied: these AWS credentials may not {permission} ({doing})",
                                  hint=f"grant {permission} to the caller's IAM policy; the README lists every "
                                       "permission fnpack needs", permission=permission)

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fnpack.canary.observer import Figures, Observer, Window
-from fnpack.errors import AccessDeniedError, FnpackError, UsageError
+from fnpack.errors import UsageError
 from fnpack.targets.aws_lambda.api import LambdaApi
 from fnpack.targets.aws_lambda.errors import aws_error, error_parts
 
@@ -156,19 +156,9 @@ class CloudWatchObserver(Observer):
             if stat.startswith("p") and (code in _SERVER_ERRORS or status >= 500 or code in _REFUSED):
                 said = f": {message[:200]}" if message and not message.lstrip().startswith("<") else ""
                 raise _Refused(f"{code or status}{said}") from None
-            raise _denied_as_iam(aws_error(exc, "cloudwatch", what)) from None
+            raise aws_error(exc, "cloudwatch", what) from None
         except BotoCoreError as exc:
             raise aws_error(exc, "cloudwatch", what) from None
-
-
-def _denied_as_iam(error: FnpackError) -> FnpackError:
-    """A refusal naming CloudWatch's IAM action: `cloudwatch:`, not the API's endpoint prefix `monitoring:`
-    that some refusals (moto's) spell it with, which no IAM policy accepts."""
-    if not isinstance(error, AccessDeniedError) or not error.permission.startswith("monitoring:"):
-        return error
-    permission = "cloudwatch:" + error.permission.partition(":")[2]
-    return AccessDeniedError(error.message.replace(error.permission, permission),
-                             (error.hint or "").replace(error.permission, permission) or None, permission=permission)
 
 
 class _Refused(Exception):

@@ -37,6 +37,12 @@ def check_http_url(url: str | None) -> str | None:
     return url.rstrip("/") if url else url
 
 
+def check_kube_name(name: str | None) -> str | None:
+    if name is not None and not DNS_LABEL.fullmatch(name):
+        raise ValueError(f"{name!r} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)")
+    return name
+
+
 def check_image(image: str | None) -> str | None:
     if image is not None and not IMAGE.fullmatch(image):
         raise ValueError(f"{image!r} is not an image reference (e.g. registry.local/fnpack/runtime:python3.11-cpu)")
@@ -116,9 +122,7 @@ class KnativeSettings(TargetSettings):
     @field_validator("namespace", "storage_secret", "service_account")
     @classmethod
     def _dns_label(cls, name: str | None) -> str | None:
-        if name is not None and not DNS_LABEL.fullmatch(name):
-            raise ValueError(f"{name!r} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)")
-        return name
+        return check_kube_name(name)
 
     @field_validator("storage")
     @classmethod

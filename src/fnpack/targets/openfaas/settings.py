@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, field_validator
 
-from fnpack.targets.knative.settings import (DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, DNS_LABEL, check_environment,
-                                             check_http_url, check_image, refuse_machine_settings)
+from fnpack.targets.knative.settings import (DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, check_environment, check_http_url,
+                                             check_image, check_kube_name, refuse_machine_settings)
 from fnpack.targets.settings import TargetSettings, setting
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
@@ -107,9 +107,7 @@ class OpenFaaSSettings(TargetSettings):
     @field_validator("namespace", "storage_secret")
     @classmethod
     def _dns_label(cls, name: str | None) -> str | None:
-        if name is not None and not DNS_LABEL.fullmatch(name):
-            raise ValueError(f"{name!r} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)")
-        return name
+        return check_kube_name(name)
 
     @field_validator("image")
     @classmethod
