@@ -2,7 +2,9 @@
 
 `app` is the ASGI app for HTTP servers; `handler` is the AWS Lambda handler.
 The model loads here, at import, because Lambda's init phase is the only
-start-up hook that runs once (Mangum runs ASGI lifespan on every call).
+start-up hook that runs once (Mangum runs ASGI lifespan on every call). Neither
+starts a thread or imports asyncio here: a server's app does at its start-up,
+and the Lambda handler never needs to.
 """
 
 from pathlib import Path
@@ -13,4 +15,4 @@ from fnpack.runtime.http import create_app
 
 function = Function(Path(__file__).resolve().parent)
 app = create_app(function)
-handler = LambdaHandler(function, app)
+handler = LambdaHandler(function)

@@ -1,47 +1,49 @@
 """Adaptive batching: records that arrive while the model is busy share its next call.
 
-A record that finds the model idle runs at the end of the current event-loop
-iteration (with whatever else arrived in it: a lone request waits for no
-timer); records that arrive during a call queue and go together when it ends,
-up to `max_batch_size`. If the queue has waited `max_wait` while every runner is
-busy, a second runner takes it, so no record waits on a long call for longer
-than the wait.
+A record that finds the model idle and nobody queued goes at once, alone: an idle
+model answers a lone request as fast as without batching, with no timer and no
+wait for the next event-loop iteration. Records that arrive during a call queue
+and go together when it ends, up to `max_batch_size`. If the queue has waited
+`max_wait` while every runner is busy, a second runner takes it, so no record
+waits on a long call for longer than the wait.
 """
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor
 from typing import Any
 
 from fnpack.runtime.function import Function
 from fnpack.runtime.metrics import Histogram
+from fnpack.runtime.watchdog import GuardedPool
 
 RUNNERS = 2
 
 
 class Batcher:
-    def __init__(self, function: Function, max_batch_size: int, max_wait: float, executor: Executor,
+    def __init__(self, function: Function, max_batch_size: int, max_wait: float, pool: GuardedPool,
                  batch_sizes: Histogram) -> None:
         self.function = function
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
-        self.executor = executor
+        self.pool = pool
         self.batch_sizes = batch_sizes
         self.pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self.running = 0
         self.timer: asyncio.TimerHandle | None = None
 
-    async def submit(self, record: Any) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def submit(self, record: Any) -> asyncio.Future[Any]:
+        """The future of the record's answer (the caller puts its timeout on it)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self.pending.append((record, future))
         if self.running == 0 and len(self.pending) == 1:
-            asyncio.get_running_loop().call_soon(self._flush, True)
+            self._flush()
         elif len(self.pending) >= self.max_batch_size:
             self._flush()
         elif self.running and self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(self.max_wait, self._on_wait)
-        return await future
+            self.timer = loop.call_later(self.max_wait, self._on_wait)
+        return future
 
     def _on_wait(self) -> None:
         self.timer = None
@@ -57,9 +59,8 @@ class Batcher:
             self.timer = None
         self.running += 1
         self.batch_sizes.observe(len(batch))
-        task = asyncio.get_running_loop().run_in_executor(
-            self.executor, self.function.call_many, [record for record, _ in batch])
-        task.add_done_callback(lambda done: self._deliver(batch, done))
+        work = self.pool.submit(asyncio.get_running_loop(), self.function.call_many, [record for record, _ in batch])
+        work.add_done_callback(lambda done: self._deliver(batch, done))
 
     def _deliver(self, batch: list[tuple[Any, asyncio.Future[Any]]], done: asyncio.Future[list[Any]]) -> None:
         self.running -= 1
@@ -67,7 +68,7 @@ class Batcher:
         for (_, future), result in zip(batch, results):
             if future.done():  # its request timed out and stopped waiting
                 continue
-            if isinstance(result, Exception):
+            if isinstance(result, BaseException):
                 future.set_exception(result)
             else:
                 future.set_result(result)

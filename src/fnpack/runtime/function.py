@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import math
 import re
 import sys
@@ -17,8 +16,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
+from fnpack.runtime import logs
+
 MANIFEST = "fnpack.json"
-log = logging.getLogger("fnpack.runtime")
 
 NUMPY_DTYPES = {
     "bool": np.bool_, "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
@@ -33,6 +33,11 @@ class RequestError(ValueError):
 
 class BadRequest(RequestError):
     """The body is not JSON at all: a 400, where JSON that does not fit is a 422."""
+
+
+class CallTimedOut(BaseException):
+    """Raised inside a call that overran its timeout (watchdog.py; BaseException: `except Exception` in
+    user code does not swallow it)."""
 
 
 # onnxruntime's errors for inputs it refuses at run time. InvalidArgument is a feed of the wrong rank,
@@ -96,12 +101,15 @@ class Function:
             sys.path.insert(0, str(self.root))
         self.session = ort.InferenceSession(str(self.root / spec["model"]), providers=_providers(spec))
         # What the session really runs on: onnxruntime falls back to the CPU when CUDA's libraries are missing.
-        log.info("execution providers: %s", self.session.get_providers())
+        logs.info("execution providers: %s", self.session.get_providers())
         self.inputs: dict[str, dict[str, Any]] = {i["name"]: i for i in self.manifest["model"]["inputs"]}
         self.outputs: dict[str, dict[str, Any]] = {o["name"]: o for o in self.manifest["model"]["outputs"]}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.shared_dims = _shared_dims(self.session.get_inputs())
         self.extract = _load_callable(spec.get("features"))
+        # An extractor that declares `takes_list = True` is called with a list of records and returns the
+        # inputs of them all (first dimension: one row per record, in order): once per batch.
+        self.extract_takes_list = bool(getattr(self.extract, "takes_list", False))
         self.score = _load_callable(spec.get("score"))
         # Records can share one model call when every input's first dimension is the batch.
         self.batchable = all(i["shape"] and i["shape"][0] == -1 for i in self.inputs.values())
@@ -113,11 +121,22 @@ class Function:
 
     def prepare(self, request: Any) -> dict[str, np.ndarray]:
         """The extractor's model inputs for one record, checked against the model's inputs."""
+        return self._listed_feeds([request]) if self.extract_takes_list else self.check_feeds(self._extract(request))
+
+    def _listed_feeds(self, requests: list[Any]) -> dict[str, np.ndarray]:
+        """A list-taking extractor's inputs for the records, checked: one row per record."""
+        feeds = self.check_feeds(self._extract(requests))
+        if any(len(array) != len(requests) for array in feeds.values()):
+            got = ", ".join(f"{name!r} {len(array)}" for name, array in feeds.items())
+            raise RequestError(f"the features function takes a list (takes_list) and must return one row per "
+                               f"record: {len(requests)} record(s), got {got}")
+        return feeds
+
+    def _extract(self, request: Any) -> Any:
         try:
-            feeds = self.extract(request) if self.extract else request
+            return self.extract(request) if self.extract else request
         except (ValueError, KeyError, TypeError) as exc:  # the extractor's way to say "bad request"
             raise RequestError(f"{type(exc).__name__}: {exc}") from exc
-        return self.check_feeds(feeds)
 
     def finish(self, outputs: dict[str, np.ndarray]) -> Any:
         return self.score(outputs) if self.score else {k: v.tolist() for k, v in outputs.items()}
@@ -143,31 +162,41 @@ class Function:
     def call_many(self, requests: list[Any]) -> list[Any]:
         """Answers (or the exception, per record) for many records, in one model call when possible."""
         results: list[Any] = [None] * len(requests)
-        prepared: list[tuple[int, dict[str, np.ndarray]]] = []
-        for i, request in enumerate(requests):
-            try:
-                prepared.append((i, self.prepare(request)))
-            except Exception as exc:  # one bad record fails only itself
-                results[i] = exc
-        for i, outputs in self._run_prepared(prepared):
+        answers = self._run_listed(requests) if self.extract_takes_list and len(requests) > 1 else None
+        if answers is None:
+            prepared: list[tuple[int, dict[str, np.ndarray]]] = []
+            for i, request in enumerate(requests):
+                try:
+                    prepared.append((i, self.prepare(request)))
+                except Exception as exc:  # one bad record fails only itself
+                    results[i] = exc
+            answers = self._run_prepared(prepared)
+        for i, outputs in answers:
             try:
                 results[i] = outputs if isinstance(outputs, Exception) else self.finish(outputs)
             except Exception as exc:
                 results[i] = exc
         return results
 
+    def _run_listed(self, requests: list[Any]) -> list[tuple[int, Any]] | None:
+        """One extractor call and one model call for all the records; None when either fails (a bad record
+        among them): then each goes on its own, so that it fails only itself."""
+        try:
+            feeds = self._listed_feeds(requests)
+        except Exception:
+            return None
+        return self._run_split(feeds, [1] * len(requests), list(range(len(requests))))
+
     def _run_prepared(self, prepared: list[tuple[int, dict[str, np.ndarray]]]) -> list[tuple[int, Any]]:
         if len(prepared) > 1 and self.batchable:
-            sizes = [len(next(iter(feeds.values()))) for _, feeds in prepared]
             try:
                 joined = {name: np.concatenate([feeds[name] for _, feeds in prepared]) for name in self.inputs}
-                outputs = self.run(joined)
             except Exception:
-                outputs = None  # e.g. a ragged dimension: fall back to one call per record
-            if outputs is not None and all(len(v) == sum(sizes) for v in outputs.values()):
-                offsets = np.cumsum([0, *sizes])
-                return [(i, {k: v[offsets[n]:offsets[n + 1]] for k, v in outputs.items()})
-                        for n, (i, _) in enumerate(prepared)]
+                joined = None  # e.g. a ragged dimension: fall back to one call per record
+            split = None if joined is None else self._run_split(
+                joined, [len(next(iter(feeds.values()))) for _, feeds in prepared], [i for i, _ in prepared])
+            if split is not None:
+                return split
         answers = []
         for i, feeds in prepared:
             try:
@@ -175,6 +204,19 @@ class Function:
             except Exception as exc:
                 answers.append((i, exc))
         return answers
+
+    def _run_split(self, joined: dict[str, np.ndarray], sizes: list[int], indices: list[int]
+                   ) -> list[tuple[int, Any]] | None:
+        """One model call on joined inputs, its outputs split back into `sizes` rows per record; None when
+        the call fails or an output does not have a row per input row."""
+        try:
+            outputs = self.run(joined)
+        except Exception:
+            return None
+        if not all(len(v) == sum(sizes) for v in outputs.values()):
+            return None
+        offsets = np.cumsum([0, *sizes])
+        return [(i, {k: v[offsets[n]:offsets[n + 1]] for k, v in outputs.items()}) for n, i in enumerate(indices)]
 
     def check_feeds(self, feeds: Any) -> dict[str, np.ndarray]:
         if not isinstance(feeds, dict):
@@ -224,5 +266,5 @@ def _providers(spec: dict[str, Any]) -> list[str]:
     chosen = ["CUDAExecutionProvider", "CPUExecutionProvider"] if wants_gpu and \
         "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
     if wants_gpu and chosen[0] != "CUDAExecutionProvider":
-        log.warning("the spec asks for a GPU but CUDAExecutionProvider is not available; using CPU")
+        logs.log().warning("the spec asks for a GPU but CUDAExecutionProvider is not available; using CPU")
     return chosen

@@ -3,31 +3,33 @@
 Routes: POST /invoke or POST / (JSON, one record or a list), the Open Inference
 Protocol v2 (/v2/...), GET /healthz and /_/health, GET /metrics.
 Model work runs on a thread pool (onnxruntime releases the GIL) under the
-function's timeout; the event loop only parses, routes and answers.
+function's timeout; the event loop only parses, routes and answers. An app made
+`inline` (the Lambda handler's: one event at a time, Lambda's own timeout) runs
+it in the caller instead, with no pool, no asyncio and no timer.
+
+Imports are lazy where a path does not need them (the pool, batching, the Open
+Inference Protocol codec): this module is part of every Lambda cold start.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fnpack.runtime import oip
-from fnpack.runtime.batching import Batcher
-from fnpack.runtime.function import BadRequest, Function, RequestError, loads
+from fnpack.runtime.function import BadRequest, CallTimedOut, Function, RequestError, loads
+from fnpack.runtime.logs import log
 from fnpack.runtime.metrics import Metrics
-from fnpack.runtime.watchdog import CallTimedOut, GuardedExecutor
+
+if TYPE_CHECKING:
+    from fnpack.runtime.watchdog import GuardedPool
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-log = logging.getLogger("fnpack.runtime")
-
 DEFAULT_MAX_BODY = 6 * 1024 * 1024  # Lambda's synchronous payload limit
 JSON = b"application/json"
 
@@ -47,36 +49,61 @@ class Response:
         self.status, self.body, self.content_type, self.headers = status, body, content_type, headers or []
 
 
+# allow_nan=False: an answer with NaN or Infinity in it is not JSON; strict clients cannot read it.
+# One encoder for every answer: json.dumps(allow_nan=False) would build a new one per call.
+_encode = json.JSONEncoder(allow_nan=False).encode
+
+
 def json_response(status: int, data: Any) -> Response:
-    try:  # allow_nan=False: an answer with NaN or Infinity in it is not JSON; strict clients cannot read it
-        return Response(status, json.dumps(data, allow_nan=False).encode())
+    try:
+        return Response(status, _encode(data).encode())
     except ValueError as exc:
-        log.error("an answer is not JSON: %s", exc)
+        log().error("an answer is not JSON: %s", exc)
         raise HTTPError(500, "function_error", f"the answer cannot be sent as JSON: {exc} (NaN or Infinity; "
                         "the score function must return finite numbers, or null)") from None
 
 
-def create_app(function: Function, max_body: int | None = None, threads: int | None = None) -> ASGIApp:
-    return FunctionApp(function, max_body, threads)
+def create_app(function: Function, max_body: int | None = None, threads: int | None = None,
+               inline: bool = False) -> ASGIApp:
+    return FunctionApp(function, max_body, threads, inline)
 
 
 class FunctionApp:
-    def __init__(self, function: Function, max_body: int | None = None, threads: int | None = None) -> None:
+    def __init__(self, function: Function, max_body: int | None = None, threads: int | None = None,
+                 inline: bool = False) -> None:
         self.function = function
         self.max_body = max_body or int(os.environ.get("FNPACK_MAX_BODY", DEFAULT_MAX_BODY))
         self.version = os.environ.get("FNPACK_MODEL_VERSION", "1")
+        self.inline = inline
         # Sized by the CPUs this process may use (taskset, cgroups), not by the machine's count.
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self.executor = GuardedExecutor(threads or min(4, cpus))
+        self.threads = threads or min(4, cpus)
+        self._pool: GuardedPool | None = None  # made on first use: an inline app never has one
         self.metrics = Metrics(function.name)
         self.metrics.model_load_seconds = function.load_seconds
-        batching = function.spec.get("batching")
-        self.batcher = Batcher(function, batching["max_batch_size"], batching["max_wait_ms"] / 1000,
-                               self.executor, self.metrics.batch_sizes) if batching else None
+        self._batcher: Any = None
+
+    @property
+    def pool(self) -> GuardedPool:
+        if self._pool is None:
+            from fnpack.runtime.watchdog import GuardedPool
+
+            self._pool = GuardedPool(self.threads)
+        return self._pool
+
+    @property
+    def batcher(self) -> Any:
+        batching = self.function.spec.get("batching")
+        if self._batcher is None and batching and not self.inline:
+            from fnpack.runtime.batching import Batcher
+
+            self._batcher = Batcher(self.function, batching["max_batch_size"], batching["max_wait_ms"] / 1000,
+                                    self.pool, self.metrics.batch_sizes)
+        return self._batcher
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await _lifespan(receive, send, self)
             return
         started = time.perf_counter()
         route, handler = self._route(scope["method"], scope["path"])
@@ -87,14 +114,14 @@ class FunctionApp:
             response, error = _failure(scope, exc.status, exc.body), exc.body["error"]
         except RequestError as exc:
             response, error = _failure(scope, 422, {"error": "unprocessable", "message": str(exc)}), "unprocessable"
-        except (asyncio.TimeoutError, CallTimedOut):  # CallTimedOut: a batch shared with a timed-out call
+        except (TimeoutError, CallTimedOut):  # CallTimedOut: a batch shared with a timed-out call
             error = "timeout"
             response = _failure(scope, 504, {"error": error, "message":
                                              f"the request took longer than the function's timeout of "
                                              f"{self.function.timeout:g} s (resources.timeout)"})
         except Exception as exc:  # user code crashed: answer 500, keep serving
             request_id = os.urandom(8).hex()
-            log.exception("request %s failed", request_id)
+            log().exception("request %s failed", request_id)
             error = "function_error"
             response = _failure(scope, 500, {"error": error, "type": type(exc).__name__, "message": str(exc),
                                              "request_id": request_id})
@@ -169,16 +196,19 @@ class FunctionApp:
             raise HTTPError(400, "bad_request", str(exc),
                             expected="a JSON record, or a JSON array of records") from None
         if isinstance(request, list):
-            results = await self._timed(self._in_thread(self.function.call_many, request))
+            results = await self._call(self.function.call_many, request)
             for i, result in enumerate(results):
                 if isinstance(result, Exception):
                     raise _record_error(i, result)
             return json_response(200, results)
-        if self.batcher:
-            return json_response(200, await self._timed(self.batcher.submit(request)))
-        return json_response(200, await self._timed(self._in_thread(self.function, request)))
+        batcher = self.batcher
+        if batcher:
+            return json_response(200, await self._timed(batcher.submit(request)))
+        return json_response(200, await self._call(self.function, request))
 
     async def infer(self, scope: Scope, receive: Receive) -> Response:
+        from fnpack.runtime import oip
+
         body = await self._body(receive)
         header_length = _header(scope, b"inference-header-content-length")
         try:
@@ -189,18 +219,22 @@ class FunctionApp:
             request = oip.decode_request(body, length, self.function.inputs)
         except BadRequest as exc:
             raise HTTPError(400, "bad_request", str(exc), expected="an Open Inference Protocol request") from None
-        outputs = await self._timed(self._in_thread(self.function.run, request.inputs))
+        outputs = await self._call(self.function.run, request.inputs)
         payload, headers = oip.encode_response(self.function.name, self.version, request, outputs,
                                                self.function.outputs)
         content_type = b"application/octet-stream" if headers else JSON
         return Response(200, payload, content_type, headers)
 
     async def model_metadata(self, scope: Scope, receive: Receive) -> Response:
+        from fnpack.runtime import oip
+
         return json_response(200, oip.model_metadata(
             self.function.name, [self.version], "onnxruntime_onnx",
             list(self.function.inputs.values()), list(self.function.outputs.values())))
 
     async def server_metadata(self, scope: Scope, receive: Receive) -> Response:
+        from fnpack.runtime import oip
+
         return json_response(200, oip.server_metadata(["binary_tensor_data"]))
 
     async def _body(self, receive: Receive) -> bytes:
@@ -218,23 +252,35 @@ class FunctionApp:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    def _in_thread(self, fn: Callable[[Any], Any], arg: Any) -> Awaitable[Any]:
-        return asyncio.get_running_loop().run_in_executor(self.executor, fn, arg)
+    async def _call(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+        """fn(arg): in the caller when inline, else on the pool under the function's timeout."""
+        if self.inline:
+            return fn(arg)
+        from asyncio import get_running_loop  # loaded already: the server runs on it
 
-    async def _timed(self, work: Awaitable[Any]) -> Any:
-        # asyncio.timeout arms one timer; wait_for would also wrap the work in a task per request.
+        return await self._timed(self.pool.submit(get_running_loop(), fn, arg))
+
+    async def _timed(self, future: Any) -> Any:
+        # One timer per call, which sets the future's TimeoutError itself: no task wrapped around the
+        # work (wait_for) and no cancellation to undo (asyncio.timeout).
+        timer = future.get_loop().call_later(self.function.timeout, self._expire, future)
         try:
-            async with asyncio.timeout(self.function.timeout):
-                return await work
-        except TimeoutError:
-            self.executor.overran(self.function.timeout)  # the thread goes on: stop it, or retire
-            raise
+            return await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, future: Any) -> None:
+        if not future.done():
+            future.set_exception(TimeoutError())
+            self.pool.overran(future.get_loop(), self.function.timeout)  # the thread goes on: stop it, or retire
 
 
 def _failure(scope: Scope, status: int, body: dict[str, Any]) -> Response:
     """An error answer; on the Open Inference Protocol's routes with the detail in `error`, where its
     clients read it."""
     if scope["path"].startswith("/v2"):
+        from fnpack.runtime import oip
+
         body = oip.error_body(body)
     return json_response(status, body)
 
@@ -242,7 +288,7 @@ def _failure(scope: Scope, status: int, body: dict[str, Any]) -> Response:
 def _record_error(index: int, exc: Exception) -> Exception:
     if isinstance(exc, RequestError):
         return HTTPError(422, "unprocessable", f"record {index}: {exc}", index=index)
-    log.error("record %d failed", index, exc_info=exc)
+    log().error("record %d failed", index, exc_info=exc)
     return exc
 
 
@@ -260,12 +306,34 @@ async def _send(send: Send, response: Response) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    # The model is loaded at import, so start-up has nothing left to do.
+async def _lifespan(receive: Receive, send: Send, app: FunctionApp) -> None:
+    # The model is loaded at import; start-up starts the pool's threads, so the first call does not
+    # wait for them, and settles the heap (gc_settle).
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            if not app.inline:
+                app.pool.start()
+                gc_settle()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def gc_settle() -> None:
+    """Move what the start-up made (modules, the model, the user's code) out of the collector's way.
+
+    Every full collection would walk those objects again, for nothing: they live as long as the
+    process; gc.freeze() leaves them out. A larger first generation makes the young collections
+    that remain rarer (a request frees nearly all it allocates when it ends, through reference
+    counts), so fewer requests pay for one.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
+GC_THRESHOLD = 7000  # first-generation allocations between young collections (CPython's default: 700)
