@@ -1,5 +1,5 @@
 """The deploy skeleton and each target's planner, without servers: a fake remote state behind the
-`Deployer` hooks, the local planner behind httpx's MockTransport, the Lambda planner behind botocore's
+`Deployer` hooks, the local planner behind an in-process transport, the Lambda planner behind botocore's
 Stubber. Planning must only read; executing runs the steps in order; a plan carries its own context."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from fnpack.errors import ArchiveError, ConflictError, UsageError
@@ -176,20 +175,25 @@ def test_an_archive_that_is_not_intact_is_refused_before_the_target_is_asked(tmp
     assert remote.reads == 0
 
 
-# --- the local planner behind httpx.MockTransport ---------------------------------------------------
+# --- the local planner behind an in-process transport ----------------------------------------------
 
 
-def _platform(versions: list[dict[str, Any]], aliases: dict[str, Any], seen: list[str]) -> httpx.MockTransport:
-    def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(f"{request.method} {request.url.path}")
+def _platform(versions: list[dict[str, Any]], aliases: dict[str, Any], seen: list[str]) -> Any:
+    from fnpack.targets.local.wire import Request, Response
+
+    def reply(status: int, body: dict[str, Any]) -> Response:
+        return Response(status, json.dumps(body).encode(), {"content-type": "application/json"})
+
+    def answer(request: Request) -> Response:
+        seen.append(f"{request.method} {request.path}")
         if request.method != "GET":
-            return httpx.Response(500, json={"message": "a planner changed something"})
-        if request.url.path.endswith("/versions"):
-            return httpx.Response(200, json={"versions": versions}) if versions else httpx.Response(
-                404, json={"error": "not-found", "message": "no function named 'iris'", "exit_code": 12})
-        return httpx.Response(200, json={"aliases": aliases})
+            return reply(500, {"message": "a planner changed something"})
+        if request.path.endswith("/versions"):
+            return reply(200, {"versions": versions}) if versions else reply(
+                404, {"error": "not-found", "message": "no function named 'iris'", "exit_code": 12})
+        return reply(200, {"aliases": aliases})
 
-    return httpx.MockTransport(answer)
+    return answer
 
 
 def test_the_local_planner_only_reads_the_platform(tmp_path: Path) -> None:
@@ -211,6 +215,58 @@ def test_the_local_planner_only_reads_the_platform(tmp_path: Path) -> None:
         plan = target.plan_deploy(archive)
     assert [s.kind for s in plan.steps] == ["reuse-version", "keep-alias"]
     assert all(call.startswith("GET ") for call in seen)
+
+
+def _recording_platform(versions: list[dict[str, Any]], aliases: dict[str, Any], seen: list[tuple[str, int]]) -> Any:
+    """A platform that answers reads, alias moves and uploads, recording each request with its body's size."""
+    from fnpack.targets.local.wire import Request, Response
+
+    def answer(request: Request) -> Response:
+        body = request.body
+        size = len(body) if isinstance(body, bytes) else (len(body.read()) if body is not None else 0)
+        seen.append((f"{request.method} {request.path}", size))
+        if request.method == "GET":
+            data = {"versions": versions} if request.path.endswith("/versions") else {"aliases": aliases}
+        elif request.method == "PUT":
+            state = json.loads(body)
+            data = {"move": {"before": aliases.get("live"), "after": state, "actor": "me", "at": ""}}
+            aliases["live"] = state
+        else:
+            data = {"version": {"function": "iris", "number": 4, "sha256": "0" * 64}, "created": True}
+        return Response(200, json.dumps(data).encode())
+
+    return answer
+
+
+@pytest.mark.parametrize("live, moves", [(3, False), (2, True)])
+def test_an_unchanged_archive_is_never_uploaded_again(tmp_path: Path, live: int, moves: bool) -> None:
+    """Asked by sha256 first: a version with the archive's sha256 is reused, and not a byte of it is sent."""
+    from fnpack.targets.local.settings import LocalSettings
+    from fnpack.targets.local.target import LocalTarget
+
+    archive = make_archive(tmp_path)
+    versions = [{"function": "iris", "number": 3, "sha256": sha256(archive), "created_at": "", "actor": ""}]
+    seen: list[tuple[str, int]] = []
+    settings = LocalSettings.layer({"url": "http://platform.test", "token": "t"}, "the test")
+    with LocalTarget(settings, _recording_platform(versions, {"live": {"primary": live}}, seen)) as target:
+        result = target.deploy(archive)
+    assert (result.version.number, result.created) == (3, False)
+    assert not any(call.startswith("POST ") for call, _ in seen), seen
+    assert sum(size for _, size in seen) < 200  # an alias move's JSON at most: no archive bytes
+    assert any(call.startswith("PUT ") for call, _ in seen) is moves
+
+
+def test_a_new_archive_is_uploaded_whole_once(tmp_path: Path) -> None:
+    from fnpack.targets.local.settings import LocalSettings
+    from fnpack.targets.local.target import LocalTarget
+
+    archive = make_archive(tmp_path)
+    seen: list[tuple[str, int]] = []
+    settings = LocalSettings.layer({"url": "http://platform.test", "token": "t"}, "the test")
+    versions = [{"function": "iris", "number": 3, "sha256": "f" * 64, "created_at": "", "actor": ""}]
+    with LocalTarget(settings, _recording_platform(versions, {"live": {"primary": 3}}, seen)) as target:
+        target.deploy(archive)
+    assert [size for call, size in seen if call.startswith("POST ")] == [archive.stat().st_size]
 
 
 # --- the Lambda planner behind botocore's Stubber -------------------------------------------------------

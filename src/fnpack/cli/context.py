@@ -1,6 +1,5 @@
 """`fnpack context list|use|show|set|remove` and `fnpack login`: the user's named contexts (`fnpack.config`)."""
 
-from __future__ import annotations
 
 import sys
 from pathlib import Path
@@ -122,7 +121,7 @@ def context_set(
                  "namespace": namespace, "storage": storage, "ingress": ingress, "image": image, "gateway": gateway,
                  "edition": edition}
         model = target_info(kind).settings_model()
-        foreign = sorted(k for k, v in given.items() if v is not None and k not in model.model_fields)
+        foreign = sorted(k for k, v in given.items() if v is not None and k not in model.field_names())
         if foreign:
             raise UsageError(f"--{foreign[0].replace('_', '-')} is not a setting of the {kind} target",
                              hint="see `fnpack context set --help`: each option names its target")

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fnpack.errors import FnpackError, UsageError
-from fnpack.targets import deploy
-from fnpack.targets.deploy import Deployer, Deployment, Plan
 from fnpack.targets.history import ANY, Expect
-from fnpack.targets.settings import TargetSettings
+from fnpack.targets.layers import Layered
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
 
 if TYPE_CHECKING:
     from fnpack.canary.observer import Observer
+    from fnpack.targets.deploy import Deployer, Deployment, Plan
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class Target(ABC):
     (NotFoundError for an unknown function, ConflictError for a delete an alias blocks, ...)."""
 
     name: ClassVar[str] = "target"
-    settings: TargetSettings
+    settings: Layered
 
     # --- deploying (the shared skeleton of `targets.deploy`, through the target's hooks) ------------
 
@@ -88,10 +87,14 @@ class Target(ABC):
 
     def plan_deploy(self, archive: Path, alias: str | None = "live", reason: str | None = None) -> Plan:
         """Read the archive and the target's state; change nothing. `alias` None: do not promote."""
+        from fnpack.targets import deploy  # the deploy skeleton: only commands that deploy import it
+
         return deploy.plan(self.deployer(), archive, alias, reason)
 
     def execute(self, plan: Plan) -> Deployment:
         """Make the plan's changes."""
+        from fnpack.targets import deploy
+
         return deploy.execute(self.deployer(), plan)
 
     def deploy(self, archive: Path, alias: str | None = "live", reason: str | None = None) -> Deployment:

@@ -15,7 +15,7 @@ from fnpack.errors import UsageError
 
 if TYPE_CHECKING:
     from fnpack.targets.base import Target
-    from fnpack.targets.settings import TargetSettings
+    from fnpack.targets.layers import Layered
 
 MB = 1024 * 1024
 
@@ -36,7 +36,7 @@ class TargetInfo:
     def target_class(self) -> type[Target]:
         return _load(self.implementation or "")
 
-    def settings_model(self) -> type[TargetSettings]:
+    def settings_model(self) -> type[Layered]:
         return _load(self.settings or "")
 
 

@@ -14,14 +14,13 @@ alias-move protocol (`targets.history`), followed by any target steps for the pr
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from fnpack.archive import open_archive
-from fnpack.archive.reader import remember_verified, verified_before
 from fnpack.errors import ArchiveError, ConflictError, UsageError
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
 
@@ -324,8 +323,32 @@ def read_container_deployable(archive: Path, build: str = "fnpack build") -> Dep
     return deployable
 
 
+# Archives read by this process, by path and file identity: a deploy reads its archive's spec to pick the
+# target, then plans, and hashing a 26 MB archive twice is a tenth of the command. A file written since
+# has another inode, size or change time (ctime is set by the kernel on every write), so it is read anew.
+_READ: dict[tuple[Any, ...], Deployable] = {}
+
+
 def read_deployable(archive: Path, build: str = "fnpack build") -> Deployable:
     """An intact fnpack archive naming a valid function; `build` is the command that makes a right one."""
+    try:
+        info = os.stat(archive)
+        key: tuple[Any, ...] | None = (os.path.abspath(archive), info.st_dev, info.st_ino, info.st_size,
+                                       info.st_mtime_ns, info.st_ctime_ns)
+    except OSError:
+        key = None  # open_archive says what is wrong
+    if key in _READ:
+        return _READ[key]
+    found = _read_deployable(archive, build)
+    if key is not None:
+        _READ[key] = found
+    return found
+
+
+def _read_deployable(archive: Path, build: str) -> Deployable:
+    from fnpack.archive import open_archive
+    from fnpack.archive.reader import remember_verified, verified_before
+
     with open_archive(archive) as reader:
         manifest = reader.manifest()
         sha256 = reader.sha256

@@ -3,7 +3,8 @@
 Control routes (`/api/v1/...`) send the control token; invocations (`/function/...`) send the optional
 invoke token. Error bodies `{"error", "message", "hint", "exit_code"}` become the FnpackError of that
 exit code, so the CLI shows the gateway's own message and hint. A connection that drops once a request
-may have been sent is a `CutOff`: what it did is not known yet (the deployer finds out).
+may have been sent is a `CutOff`: what it did is not known yet (the deployer finds out). The wire is
+`wire.Client` (http.client: a command's one or two requests cost less than importing httpx would).
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from fnpack import errors
 from fnpack.errors import FnpackError, StartError, UsageError
 from fnpack.targets.base import InvokeError, actor
 from fnpack.targets.local.settings import LocalSettings
+from fnpack.targets.local.wire import Client, Response, Transport, WireError
 
 _ERRORS: dict[int, type[FnpackError]] = {cls.exit_code: cls for cls in (
     errors.UsageError, errors.SpecError, errors.ModelError, errors.UserCodeError, errors.DependencyError,
@@ -40,14 +40,11 @@ def q(text: str, safe: str = "") -> str:
 class PlatformApi:
     """One platform's gateway, at `settings.url`."""
 
-    def __init__(self, settings: LocalSettings, transport: httpx.BaseTransport | None = None,
-                 timeout: float = 300.0, max_connections: int = 100) -> None:
+    def __init__(self, settings: LocalSettings, transport: Transport | None = None, timeout: float = 300.0) -> None:
         self.settings = settings
         self.url = settings.url
         self._token = settings.token
-        self.http = httpx.Client(  # `transport`: the seam tests use to play a platform (httpx.MockTransport)
-            base_url=self.url, transport=transport, timeout=httpx.Timeout(timeout, connect=10.0),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+        self.http = Client(self.url, timeout, transport=transport)  # `transport`: tests play a platform with it
 
     def close(self) -> None:
         self.http.close()
@@ -65,16 +62,21 @@ class PlatformApi:
                                       "state folder, whose `token` file `fnpack serve` writes") from None
         return self._token
 
-    def request(self, method: str, path: str, *, control: bool = True, **kwargs: Any) -> httpx.Response:
-        headers = dict(kwargs.pop("headers", None) or {})
+    def headers(self, method: str, control: bool, given: dict[str, str] | None = None) -> dict[str, str]:
+        """`given` with the bearer token (the control token, or the invoke token) and, for a change, who makes it."""
+        headers = dict(given or {})
         bearer = self.token if control else self.settings.invoke_token
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"
         if control and method != "GET":
             headers["X-Fnpack-Actor"] = actor()
+        return headers
+
+    def request(self, method: str, path: str, *, control: bool = True, **kwargs: Any) -> Response:
+        headers = self.headers(method, control, kwargs.pop("headers", None))
         try:
             response = self.http.request(method, path, headers=headers, **kwargs)
-        except httpx.HTTPError as exc:
+        except WireError as exc:
             raise self.transport_error(exc) from None
         if response.status_code >= 400:
             raise self.http_error(response, control)
@@ -92,22 +94,20 @@ class PlatformApi:
     def healthy(self, timeout: float = 2.0) -> bool:
         """Whether a platform answers /healthz at the URL."""
         try:
-            return self.http.get("/healthz", timeout=timeout).status_code == 200
-        except httpx.HTTPError:
+            return self.http.request("GET", "/healthz", timeout=timeout).status_code == 200
+        except WireError:
             return False
 
-    def transport_error(self, exc: httpx.HTTPError) -> FnpackError:
-        if isinstance(exc, httpx.ConnectError):
+    def transport_error(self, exc: WireError) -> FnpackError:
+        if exc.timeout:
+            return FnpackError(f"the platform at {self.url} did not answer in time ({exc})",
+                               hint="the function may be slow to start; try again")
+        if exc.connect:
             return StartError(f"no fnpack platform at {self.url}",
                               hint="start one with `fnpack serve` (or `fnpack up`), or pass --url / FNPACK_URL")
-        if isinstance(exc, httpx.TimeoutException):
-            return FnpackError(f"the platform at {self.url} did not answer in time ({type(exc).__name__})",
-                               hint="the function may be slow to start; try again")
-        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-            return CutOff(f"talking to the platform at {self.url} failed: {exc}", str(exc) or type(exc).__name__)
-        return FnpackError(f"talking to the platform at {self.url} failed: {exc}")
+        return CutOff(f"talking to the platform at {self.url} failed: {exc}", str(exc))
 
-    def http_error(self, response: httpx.Response, control: bool) -> FnpackError:
+    def http_error(self, response: Response, control: bool) -> FnpackError:
         status = response.status_code
         try:
             body = response.json()
@@ -136,5 +136,5 @@ class PlatformApi:
             return InvokeError(f"{status} {body.get('error', 'error')}: {detail}{body['message']}{request_id}",
                                status=status, body=body)
         text = response.text.strip()[:300] or response.reason_phrase
-        return InvokeError(f"{response.request.method} {response.request.url.path} failed with {status}: {text}",
+        return InvokeError(f"{response.method} {response.path} failed with {status}: {text}",
                            status=status, body=body)

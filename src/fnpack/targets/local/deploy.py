@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fnpack.build.budget import human
 from fnpack.errors import FnpackError, NotFoundError, StartError
 from fnpack.targets.base import version_from_dict
 from fnpack.targets.deploy import Deployable, Deployer, Plan, Progress, RemoteState, Step, Upload
@@ -24,7 +23,6 @@ from fnpack.versions import AliasMove, AliasState, Qualifier, Version
 if TYPE_CHECKING:
     from fnpack.targets.local.target import LocalTarget
 
-_CHUNK = 1 << 20
 # How long a deploy whose connection dropped waits for the platform to answer again, to learn the outcome.
 RECONNECT_WAIT = float(os.environ.get("FNPACK_RECONNECT_WAIT", "30"))
 
@@ -47,6 +45,8 @@ class LocalDeployer(Deployer):
         return RemoteState(True, tuple(versions), self.remote.aliases(deployable.name)), {}
 
     def new_version(self, deployable: Deployable, remote: RemoteState, context: Mapping[str, Any]) -> list[Step]:
+        from fnpack.build.budget import human
+
         size = deployable.size
         url = f"{self.api.url}/api/v1/functions/{deployable.name}/versions"
         return [Upload(f"upload {deployable.path.name} ({human(size)}) as a new version of {deployable.name}",
@@ -122,12 +122,7 @@ class LocalDeployer(Deployer):
 
     def _upload(self, archive: Path, name: str) -> tuple[Version, bool]:
         size = archive.stat().st_size
-        with open(archive, "rb") as f:
-            data = self.api.json("POST", f"/api/v1/functions/{q(name)}/versions", content=_chunks(f),
+        with open(archive, "rb") as f:  # streamed from the file, a block at a time
+            data = self.api.json("POST", f"/api/v1/functions/{q(name)}/versions", content=f,
                                  headers={"Content-Type": "application/zip", "Content-Length": str(size)})
         return version_from_dict(data["version"]), bool(data.get("created"))
-
-
-def _chunks(f: Any) -> Iterator[bytes]:
-    while chunk := f.read(_CHUNK):
-        yield chunk

@@ -10,24 +10,23 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from fnpack.targets.base import (FunctionSummary, Invocation, Target, move_from_dict, state_from_dict,
                                  version_from_dict)
-from fnpack.targets.deploy import Deployer
 from fnpack.targets.history import ANY, Expect
 from fnpack.targets.local.api import PlatformApi, q
 from fnpack.targets.local.settings import LocalSettings
+from fnpack.targets.local.wire import Transport, WireError, decode
 from fnpack.versions import AliasMove, AliasState, Qualifier, Version
 
 if TYPE_CHECKING:
     from fnpack.canary.observer import Observer
+    from fnpack.targets.deploy import Deployer
 
 
 class LocalTarget(Target):
     name = "local"
 
-    def __init__(self, settings: LocalSettings | None = None, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, settings: LocalSettings | None = None, transport: Transport | None = None) -> None:
         self.settings = settings or LocalSettings.layered({})
         self.api = PlatformApi(self.settings, transport)
         self.url = self.api.url
@@ -97,16 +96,16 @@ class LocalTarget(Target):
         return GatewayObserver(self.api)
 
     def logs(self, name: str, tail: int = 100, follow: bool = False) -> Iterator[str]:
-        headers = {"Authorization": f"Bearer {self.api.token}"}
         params = {"tail": str(tail), "follow": "1" if follow else "0"}
         try:
-            with self.api.http.stream("GET", f"/api/v1/functions/{q(name)}/logs", params=params, headers=headers,
-                                      timeout=httpx.Timeout(None if follow else 60.0, connect=10.0)) as response:
+            with self.api.http.stream("GET", f"/api/v1/functions/{q(name)}/logs", params=params,
+                                      headers=self.api.headers("GET", True),
+                                      timeout=None if follow else 60.0) as (response, chunks):
                 if response.status_code >= 400:
-                    response.read()
+                    response.content = b"".join(chunks)
                     raise self.api.http_error(response, control=True)
-                yield from response.iter_text()
-        except httpx.HTTPError as exc:
+                yield from decode(chunks)
+        except WireError as exc:
             raise self.api.transport_error(exc) from None
 
     def running(self, name: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
