@@ -16,27 +16,71 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import PurePath
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from fnpack import __version__
 from fnpack.errors import FnpackError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class LazyConsole:
+    """A rich Console made at its first use: importing rich costs a command that prints JSON, or prints
+    nothing, ~40 ms it does not need to spend."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
 # soft_wrap: long paths and hints stay on one line when piped (no 80-column wrapping).
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = LazyConsole(soft_wrap=True)
+err = LazyConsole(stderr=True, soft_wrap=True)
+
+
+_TAG_START = re.compile(r"\[[a-z#/@]")  # how every rich tag starts: "[0, 1]" is no tag
+
+
+def escape(text: str) -> str:
+    """Text with what rich would read as markup escaped (rich.markup is imported only when needed)."""
+    if not _TAG_START.search(text) and not text.endswith("\\"):  # nothing rich.markup.escape would change
+        return text
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+# The control characters rich's Text drops (bell, backspace, vertical tab, form feed, carriage return): plain
+# lines drop them too, so that text from elsewhere (a name, a log line) cannot rewrite the terminal's line.
+_CONTROL = dict.fromkeys((7, 8, 11, 12, 13))
+
+
+def _line(stream: Any, text: str) -> None:
+    stream.write(text.translate(_CONTROL) + "\n")
+    stream.flush()
 
 
 def say(text: str) -> None:
-    """One line of plain output: no markup, no highlighting (names and JSON print as they are)."""
-    out.print(text, highlight=False, markup=False)
+    """One line of plain output: no markup, no highlighting (names and JSON print as they are). Written as it is
+    rather than through rich: a command whose output is plain lines need not import rich."""
+    _line(sys.stdout, text)
 
 
 def say_err(text: str) -> None:
-    err.print(text, highlight=False, markup=False)
+    _line(sys.stderr, text)
 
 
 # --- JSON output -------------------------------------------------------------------------------------------
@@ -103,7 +147,7 @@ def build_progress(enabled: bool) -> Iterator[Callable[[str], None]]:
 # --- size reports ------------------------------------------------------------------------------------------
 
 
-def print_breakdown(report: dict[str, Any], console: Console, top: int = 8) -> None:
+def print_breakdown(report: dict[str, Any], console: Console | LazyConsole, top: int = 8) -> None:
     """Where the bytes go: the largest owners, then (top > 3) the largest files, by the report's measure
     (zipped or unzipped, named on the line) and in its unit (binary units when it has none)."""
     from fnpack.build.budget import format_size
@@ -124,7 +168,7 @@ def print_breakdown(report: dict[str, Any], console: Console, top: int = 8) -> N
             console.print(f"{indent}{f['path']}  {size(f)} ({f['share']:.0%})", highlight=False, markup=False)
 
 
-def print_budget_report(report: dict[str, Any], console: Console) -> None:
+def print_budget_report(report: dict[str, Any], console: Console | LazyConsole) -> None:
     """An over-budget build's report: one breakdown per limit exceeded, each in that limit's measure and
     unit (the message and hint are printed around it)."""
     for view in report.get("over") or [report]:
@@ -186,7 +230,11 @@ def reflow(text: Optional[str]) -> Optional[str]:
 
 def _tidy(command: Any, rich_markup: bool) -> None:
     """Reflow the help of a command, its parameters and its subcommands; with rich markup, escape what rich
-    would read as a tag (an option's help saying "[default: PATH/dist]" otherwise prints "Output folder .")."""
+    would read as a tag (an option's help saying "[default: PATH/dist]" otherwise prints "Output folder ."). Once
+    per command object: escaping twice would double the escapes."""
+    if getattr(command, "_fnpack_tidy", False):
+        return
+    command._fnpack_tidy = True
     command.help = reflow(command.help)
     if rich_markup and command.help:
         command.help = escape(command.help)
@@ -198,17 +246,21 @@ def _tidy(command: Any, rich_markup: bool) -> None:
         _tidy(sub, rich_markup)
 
 
-class _Group(typer.core.TyperGroup):
-    """The root command: tidies every command's help once all of them are registered."""
+def _tidy_before_help() -> None:
+    """Tidy a command's help (and its subcommands': the root's help lists them) when it is about to be shown,
+    not every command's at every start: escaping it imports rich, which a command run without --help skips."""
+    for cls in (typer.core.TyperCommand, typer.core.TyperGroup):
+        def format_help(self: Any, ctx: Any, formatter: Any, _shown: Any = cls.format_help) -> None:
+            rich = bool(getattr(typer.core, "HAS_RICH", False)) and getattr(self, "rich_markup_mode", None) == "rich"
+            _tidy(self, rich)
+            _shown(self, ctx, formatter)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        rich_markup = bool(getattr(typer.core, "HAS_RICH", False)) and getattr(self, "rich_markup_mode", None) == "rich"
-        for command in self.commands.values():
-            _tidy(command, rich_markup)
+        cls.format_help = format_help
 
 
-app = typer.Typer(cls=_Group, help="Package ONNX model functions into deterministic archives and serve them.",
+_tidy_before_help()
+
+app = typer.Typer(help="Package ONNX model functions into deterministic archives and serve them.",
                   add_completion=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
 
 

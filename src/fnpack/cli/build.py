@@ -1,8 +1,6 @@
 """Commands that make and examine archives: build, inspect, run, init, schema, version."""
 
-from __future__ import annotations
 
-import difflib
 import json
 import re
 import shutil
@@ -39,6 +37,8 @@ def _choice(flag: str, value: str, choices: tuple[str, ...] | list[str], what: s
     """A usage error (exit 2) naming the value, what was expected and the closest choice."""
     if value in choices:
         return
+    import difflib
+
     close = difflib.get_close_matches(value, choices, n=1)
     hint = f"did you mean {close[0]}?" if close else None
     raise UsageError(f"unknown {what} {value!r} ({flag}); expected one of: {', '.join(choices)}", hint=hint)

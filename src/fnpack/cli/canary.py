@@ -5,7 +5,6 @@ then the spec's `canary:` section (./fnpack.yaml, or --spec), then the defaults.
 verdict, a live line on a terminal; with --json, one JSON object per event (start, step, window, end).
 """
 
-from __future__ import annotations
 
 import sys
 import time

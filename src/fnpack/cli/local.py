@@ -1,7 +1,6 @@
 """Commands about the local platform's process on this machine: down (`fnpack up` and `fnpack serve`
 are in platform.py)."""
 
-from __future__ import annotations
 
 import json
 import sys

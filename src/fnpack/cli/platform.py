@@ -1,7 +1,6 @@
 """Commands that deploy and manage functions on a target: serve, deploy, invoke, ls, versions, delete,
 alias, rollback, logs, up. Each calls `fnpack.targets` and renders the result (or one JSON object)."""
 
-from __future__ import annotations
 
 import json
 import os
@@ -10,9 +9,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.markup import escape
 
-from fnpack.cli._app import app, build_progress, emit, err, handle_errors, jsonable, out, say, say_err
+from fnpack.cli._app import app, build_progress, emit, err, escape, handle_errors, jsonable, out, say, say_err
 
 alias_app = typer.Typer(help="Point aliases at versions, with an optional canary; list them; show their history.",
                         no_args_is_help=True)
@@ -52,10 +50,10 @@ def _local_option(field: str, flag: str, metavar: str) -> Any:
     """An option of the local target's settings; its variable and default are the settings model's."""
     from fnpack.targets.local.settings import LocalSettings
 
-    info = LocalSettings.model_fields[field]
-    default = f", default {info.default}" if info.default is not None else ""
+    default, variable, description = LocalSettings.describe(field)
+    shown = f", default {default}" if default is not None else ""
     return typer.Option(None, flag, metavar=metavar, show_default=False,
-                        help=f"{info.description.rstrip('.')} ({LocalSettings.env_names()[field]}{default}).")
+                        help=f"{description.rstrip('.')} ({variable}{shown}).")
 
 
 def _url_option() -> Any:
@@ -81,15 +79,17 @@ def _context_option() -> Any:
 
 
 def _connect(target: Optional[str], url: Optional[str], state_dir: Optional[Path], invoke_token: Optional[str] = None,
-             spec_path: Optional[Path] = None, context: Optional[str] = None, **flags: Any) -> Any:
+             spec_path: Optional[Path] = None, context: Optional[str] = None, spec: Optional[dict[str, Any]] = None,
+             **flags: Any) -> Any:
     """The target (see `_resolve_target`), configured from the flags (each target's settings model takes
     its own: url and state_dir are the local platform's, region, role, ... aws-lambda's), the variables,
-    then the chosen context when it is one of that target."""
+    then the chosen context when it is one of that target. `spec`: the raw spec, when the caller read it
+    already (else it is read from `spec_path`)."""
     from fnpack.config import Config
     from fnpack.targets import get_target
 
     chosen = Config.load().chosen(context)
-    spec = _read_spec(spec_path)
+    spec = spec if spec is not None else _read_spec(spec_path)
     name = _resolve_target(target, spec, chosen.target if chosen else None,
                            explicit=bool(context or os.environ.get("FNPACK_CONTEXT")))
     settings = chosen.settings if chosen and chosen.target == name else None
@@ -105,10 +105,9 @@ def _read_spec(path: Optional[Path]) -> Optional[dict[str, Any]]:
     path = path if path is not None else Path(".")
     try:
         if path.is_file() and path.suffix == ".zip":
-            from fnpack.archive import open_archive
+            from fnpack.targets.deploy import read_deployable
 
-            with open_archive(path) as reader:
-                spec = (reader.manifest() or {}).get("spec")
+            spec = read_deployable(path).spec  # read once: the deploy's plan reads it again from memory
         else:
             spec_file = path / "fnpack.yaml" if path.is_dir() else path
             spec = yaml.safe_load(spec_file.read_text(encoding="utf-8")) if spec_file.is_file() else None
@@ -300,8 +299,9 @@ def deploy(
                  "timeout": timeout, "environment": _env_pairs(env), "namespace": namespace,
                  "kube_context": kube_context, "storage": storage, "storage_path": storage_path, "image": image,
                  "storage_secret": storage_secret, "gateway": gateway, "edition": edition}
-        with _connect(target, url, state_dir, spec_path=path, context=context, **flags) as remote:
-            remote.preflight(_read_spec(path))  # a platform that is not there fails before the build
+        spec = _read_spec(path)
+        with _connect(target, url, state_dir, spec_path=path, context=context, spec=spec, **flags) as remote:
+            remote.preflight(spec)  # a platform that is not there fails before the build
             archive, built = _archive_for(path, remote.name, as_json)
             plan = remote.plan_deploy(archive, None if no_promote or canary else alias, reason)
             rollout = canary and alias in plan.remote.aliases
@@ -457,7 +457,7 @@ def _invoke_batch(qualifier: Any, source: Path, out_path: Optional[Path], concur
 
             total = count_records(source) if str(source) == "-" or source.is_file() else None
             with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=err, transient=True) as bar:
+                          console=err.get(), transient=True) as bar:
                 task = bar.add_task("scoring", total=total)
                 summary = score_file(remote, qualifier, source, out_path, concurrency,
                                      on_record=lambda: bar.advance(task), on_failure=on_failure)
