@@ -101,13 +101,14 @@ def unpack_archive(archive: Path, sha256: str, dest_root: Path) -> Path:
         raise OutputError(f"cannot write to {dest_root}: {exc}", hint="check that the folder is writable") from exc
     try:
         with open_archive(archive, expected_sha256=expected) as arc:
-            problems = arc.verify()  # before extracting: a tampered archive never reaches the disk
+            # Verified as it is unpacked (one pass inflates 78 MB instead of two): a tampered archive's files
+            # reach only the temporary folder, removed below, never `dest`.
+            problems = arc.extract_all(tmp, check=True)
             if problems:
                 raise ArchiveError(
                     f"{archive} does not match its manifest: " + "; ".join(problems),
                     hint="the archive is damaged or tampered with; rebuild it or download it again",
                 )
-            arc.extract_all(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         try:
             os.rename(tmp, dest)
