@@ -153,8 +153,8 @@ EVENTS = {
     "metrics (text)": ("GET", "/metrics", {}, b""),
     "unknown route, quoted": ("GET", "/no%20such", {"Cookie": "x"}, b""),
     "method": ("DELETE", "/invoke", {}, b""),
-    "oip": ("POST", "/v2/models/lurl/infer", {"content-type": "application/json"}, json.dumps(
-        {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()),
+    "oip": ("POST", "/v2/models/lurl/infer", {"content-type": "application/json"}, json.dumps({"inputs": [
+        {"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()),
 }
 
 

@@ -41,10 +41,11 @@ def _small(record: Any) -> np.ndarray:
             width, height = gray.size
             # BOX averages non-overlapping blocks: how the digits set was made (32x32 -> 8x8 by 4x4 blocks).
             # reduce() is that same box average when the size is a multiple of 8, without resize's set-up.
-            small = gray.reduce((width // 8, height // 8)) if width % 8 == 0 and height % 8 == 0 and width \
-                and height else gray.resize((8, 8), Image.Resampling.BOX)
+            divisible = width % 8 == 0 and height % 8 == 0
+            small = gray.reduce((width // 8, height // 8)) if divisible else gray.resize((8, 8), Image.Resampling.BOX)
             return np.asarray(small)
     except UnidentifiedImageError:
-        raise ValueError(f"field 'image' decodes to {len(raw)} bytes that are not an image (expected PNG or JPEG)") from None
+        raise ValueError(f"field 'image' decodes to {len(raw)} bytes that are not an image "
+                         "(expected PNG or JPEG)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # truncated, corrupt, too large
         raise ValueError(f"field 'image' is not a readable image: {exc}") from None
