@@ -35,15 +35,23 @@ class Batcher:
     def submit(self, record: Any) -> asyncio.Future[Any]:
         """The future of the record's answer (the caller puts its timeout on it)."""
         loop = asyncio.get_running_loop()
+        if self.running == 0 and not self.pending:  # idle, nobody queued: the plain call, as without batching
+            self.running += 1
+            self.batch_sizes.observe(1)
+            alone: asyncio.Future[Any] = self.pool.submit(loop, self.function, record)
+            alone.add_done_callback(self._alone_done)
+            return alone
         future: asyncio.Future[Any] = loop.create_future()
         self.pending.append((record, future))
-        if self.running == 0 and len(self.pending) == 1:
-            self._flush()
-        elif len(self.pending) >= self.max_batch_size:
+        if len(self.pending) >= self.max_batch_size:
             self._flush()
         elif self.running and self.timer is None:
             self.timer = loop.call_later(self.max_wait, self._on_wait)
         return future
+
+    def _alone_done(self, done: asyncio.Future[Any]) -> None:
+        self.running -= 1
+        self._flush(force=True)  # what queued during this call goes now
 
     def _on_wait(self) -> None:
         self.timer = None
