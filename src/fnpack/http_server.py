@@ -143,11 +143,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._heads += 1
         self._idle.pop(self, None)  # busy until its response is complete
-        super().on_headers_complete()
+        self.start_request()
         self._body_bytes = 0
         if self._body_timer is not None:  # one left by the request before: each body gets its full time
             self._body_timer.cancel()
         self._body_timer = self.loop.call_later(self.limits.body_timeout, self._check_body)
+
+    def start_request(self) -> None:
+        """A request head is complete: hand the request to its handler (uvicorn's: the ASGI app)."""
+        super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -240,15 +244,16 @@ class _Drain(asyncio.Protocol):
         self.owner.connections.discard(self.owner)  # counted until now: it held a descriptor
 
 
-def make_config(app: Any, **options: Any) -> uvicorn.Config:
-    """The uvicorn Config of the project's servers; `options` add to or override uvicorn's settings.
+def make_config(app: Any, protocol: type[BoundedHttpProtocol] = BoundedHttpProtocol, **options: Any) -> uvicorn.Config:
+    """The uvicorn Config of the project's servers; `protocol` (BoundedHttpProtocol or a subclass)
+    speaks HTTP; `options` add to or override uvicorn's settings.
 
     No access log, proxy-headers middleware or Server/Date headers: the functions read none of
     them, and each costs work on every request.
     """
     limits = limits_from_env(raise_nofile_limit())
     # A class per config: the limits are read once, at start, not per connection.
-    protocol = type("BoundedHttpProtocol", (BoundedHttpProtocol,), {"limits": limits})
+    protocol = type(protocol.__name__, (protocol,), {"limits": limits})
     settings: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on",
                                 "proxy_headers": False, "server_header": False, "date_header": False,
                                 "http": protocol, "loop": "auto", **options}

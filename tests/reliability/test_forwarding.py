@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httptools
 import httpx
 import pytest
 
@@ -124,3 +126,75 @@ def test_a_request_line_smuggled_in_an_encoded_path_reaches_no_other_client(echo
     with ThreadPoolExecutor(8) as pool:
         for future in [pool.submit(attack) for _ in range(4)] + [pool.submit(honest, w) for w in range(1, 5)]:
             future.result()
+
+
+def _responses(sock: socket.socket, count: int, timeout: float = 60) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """Read `count` HTTP/1.1 responses off `sock`, in the order they come."""
+    answers: list[tuple[int, dict[bytes, bytes], bytes]] = []
+
+    class Collect:
+        def on_message_begin(self) -> None:
+            self.headers: dict[bytes, bytes] = {}
+            self.body = b""
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers[name.lower()] = value
+
+        def on_body(self, body: bytes) -> None:
+            self.body += body
+
+        def on_message_complete(self) -> None:
+            answers.append((parser.get_status_code(), self.headers, self.body))
+
+    parser = httptools.HttpResponseParser(Collect())
+    sock.settimeout(timeout)
+    while len(answers) < count:
+        data = sock.recv(1 << 16)
+        assert data, f"the gateway closed the connection after {len(answers)} of {count} answers"
+        parser.feed_data(data)
+    return answers
+
+
+def _post(path: str, body: dict, extra: str = "") -> bytes:
+    data = json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{extra}"
+            f"content-length: {len(data)}\r\n\r\n").encode() + data
+
+
+def test_pipelined_requests_are_answered_in_order_each_with_its_own(echo: str) -> None:
+    """Invocations, a slow one, control and error answers, pipelined on one connection in one write,
+    then 3000 requests refused at their head (each answered as its turn comes: none is lost, none
+    answered out of order, and the gateway does not recurse once per queued request)."""
+    port = int(echo.rsplit(":", 1)[1])
+    wrong_method = b"GET /function/echo HTTP/1.1\r\nhost: x\r\n\r\n"
+    requests = [_post("/function/echo", _body(1)), b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n",
+                _post("/function/echo", {**_body(2), "probe": {"op": "sleep", "arg": 0.3}}), wrong_method,
+                _post("/function/echo:live?q=1", _body(3), "expect: 100-continue\r\n"),
+                _post("/v2/models/echo/versions/1/infer", {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
+                                                                        "data": [4.0, 4.0]}]})]
+    requests += [wrong_method] * 3000 + [_post("/function/echo", _body(5))]
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"".join(requests))
+        answers = _responses(sock, len(requests) + 1)  # + the interim 100 Continue
+    statuses = [status for status, _, _ in answers]
+    assert statuses[:7] == [200, 200, 200, 405, 100, 200, 200], statuses[:8]
+    assert json.loads(answers[0][2])["y"] == [[1.0] * 4]
+    assert json.loads(answers[1][2]) == {"status": "ok"}
+    assert json.loads(answers[2][2])["y"] == [[2.0] * 4]  # the slow one's answer, in its place
+    assert json.loads(answers[5][2])["y"] == [[3.0] * 4]
+    assert json.loads(answers[6][2])["outputs"][0]["data"] == [4.0, 4.0]
+    assert statuses[7:-1] == [405] * 3000
+    assert answers[-1][0] == 200 and json.loads(answers[-1][2])["y"] == [[5.0] * 4]
+    assert answers[0][1][b"x-fnpack-version"] == b"1"
+
+
+def test_a_client_gone_before_its_answer_leaves_no_answer_for_another(echo: str) -> None:
+    """Clients that send a slow request and hang up: the answer each leaves behind on a worker
+    connection is read and dropped, never handed to the next request sent on that connection."""
+    port = int(echo.rsplit(":", 1)[1])
+    for tag in range(8):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(_post("/function/echo", {**_body(666 + tag), "probe": {"op": "sleep", "arg": 0.2}}))
+    with httpx.Client(timeout=30) as client:
+        for tag in range(40):
+            _check(client.post(f"{echo}/function/echo", json=_body(tag)), tag)

@@ -1,6 +1,6 @@
 """HTTP/1.1 to a worker over its Unix socket: one request at a time per kept-alive connection.
 
-Hand-written on asyncio streams with httptools' response parser instead of an HTTP
+Hand-written as an asyncio protocol with httptools' response parser instead of an HTTP
 client library: forwarding is on every request's path, and a general-purpose
 client (connection-pool bookkeeping, timeouts objects, header models) costs more
 than the worker's own work on a small model.
@@ -12,6 +12,7 @@ import asyncio
 import re
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
@@ -55,64 +56,40 @@ class Response:
     keep_alive: bool = True
 
 
-class _Parser:
-    """httptools callbacks collecting one final response.
+Done = Callable[[Response | UpstreamClosed], None]
 
+
+class Connection(asyncio.Protocol):
+    """One kept-alive HTTP/1.1 connection to a worker's Unix socket, one exchange at a time.
+
+    A protocol, not streams: `send` writes the request and the answer is parsed in the
+    transport's callbacks, so a request costs no task and no stream buffer on the gateway's side.
     Interim 1xx responses (RFC 9110 15.2) are read and dropped: taking one for the answer would
     leave the real answer on the connection, for the next request to receive. Any byte after the
-    final response is a protocol error: the connection is then not reused.
+    final response, or on an idle connection, is a protocol error: the connection is then not reused.
     """
 
     def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self._done: Done | None = None  # the exchange in progress: called once with its outcome
+        self._stray = False  # bytes that answer no request arrived: never send another on this connection
+        self._eof = False
+        self._received = False
+        self._complete = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
-        self.complete = False
         self.keep_alive = False
-
-    def on_message_begin(self) -> None:
-        if self.complete:  # a second message after the final one: never reuse this connection
-            self.keep_alive = False
-            return
-        self.headers, self.chunks = [], []
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        if self.complete:  # a stray message after the answer (on_message_begin retired the connection)
-            return
-        self.status = self.parser.get_status_code()
-        # Only valid here: httptools answers False once the message is complete, which
-        # would close (and reopen) the worker connection on every request.
-        self.keep_alive = self.parser.should_keep_alive()
-
-    def on_body(self, body: bytes) -> None:
-        if not self.complete:
-            self.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        if 100 <= self.status < 200:  # interim: the final response follows on the same connection
-            return
-        self.complete = True
-
-
-class Connection:
-    """One kept-alive HTTP/1.1 connection to a worker's Unix socket."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
 
     @classmethod
     async def open(cls, path: str) -> Connection:
-        reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
-        return cls(reader, writer)
+        _, conn = await asyncio.get_running_loop().create_unix_connection(cls, path)
+        return conn
 
     def peer_pid(self) -> int:
         """The pid of the process at the other end (SO_PEERCRED), 0 if unknown."""
-        sock = self.writer.get_extra_info("socket")
+        sock = self.transport.get_extra_info("socket") if self.transport else None
         try:
             pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         except (OSError, AttributeError, struct.error):
@@ -121,12 +98,10 @@ class Connection:
 
     @property
     def usable(self) -> bool:
-        # Unread bytes on an idle connection answer no request of ours: never send another on it.
-        return not self.writer.is_closing() and not self.reader.at_eof() and \
-            not self.reader._buffer  # type: ignore[attr-defined]
+        return self.transport is not None and not self.transport.is_closing() and not self._eof and not self._stray
 
-    async def request(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
-                      body: bytes) -> Response:
+    def send(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes, done: Done) -> None:
+        """Write one request; `done` gets the final Response, or UpstreamClosed, from the loop's callbacks."""
         if _UNSAFE_TARGET.search(target):  # a space, CR or LF would end the request line early
             raise ValueError(f"refusing to send the request target {target[:100]!r}")
         head = [method, b" ", target, b" HTTP/1.1\r\nhost: worker\r\ncontent-length: ",
@@ -134,25 +109,93 @@ class Connection:
         for name, value in headers:
             head += [name, b": ", value, b"\r\n"]
         head.append(b"\r\n")
-        self.writer.write(b"".join(head) + body)
-        parsed = _Parser()
-        parser = parsed.parser
-        received = False
-        while not parsed.complete:
-            try:
-                data = await self.reader.read(1 << 16)
-            except ConnectionError as exc:
-                raise UpstreamClosed(f"connection reset ({exc})", received) from None
-            if not data:
-                raise UpstreamClosed("connection closed", received)
-            received = True
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                raise UpstreamClosed(f"malformed response ({exc})", True) from None
-        # Bytes already buffered past the answer belong to no request: the connection is out of step.
-        keep_alive = parsed.keep_alive and not self.reader._buffer  # type: ignore[attr-defined]
-        return Response(parsed.status, parsed.headers, b"".join(parsed.chunks), keep_alive)
+        self._done, self._received, self._complete = done, False, False
+        self.transport.write(b"".join(head) + body)  # type: ignore[union-attr]
+
+    async def request(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> Response:
+        """`send`, awaited."""
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+
+        def done(result: Response | UpstreamClosed) -> None:
+            if not answer.done():
+                answer.set_exception(result) if isinstance(result, UpstreamClosed) else answer.set_result(result)
+
+        self.send(method, target, headers, body, done)
+        return await answer
 
     def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abandon(self) -> None:
+        """Give up the exchange in progress without an outcome, and close."""
+        self._done = None
+        self._stray = True
+        self.close()
+
+    # --- the transport's callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._done is None:  # nothing was asked
+            self._stray = True
+            self.close()
+            return
+        self._received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            return self._finish(UpstreamClosed(f"malformed response ({exc})", True))
+        if self._complete:  # only now: bytes after the answer in the same read retire the connection first
+            self._finish(Response(self.status, self.headers, b"".join(self.chunks), self.keep_alive))
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        if self._done is not None:
+            why = f"connection reset ({exc})" if exc else "connection closed"
+            self._finish(UpstreamClosed(why, self._received))
+
+    def _finish(self, result: Response | UpstreamClosed) -> None:
+        done, self._done = self._done, None
+        if isinstance(result, UpstreamClosed):
+            self._stray = True  # out of step for good
+            self.close()
+        if done is not None:
+            done(result)
+
+    # --- httptools' callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second message after the final one: never reuse this connection
+            self.keep_alive = False
+            self._stray = True
+            return
+        self.headers, self.chunks = [], []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._complete:
+            self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        if self._complete:  # a stray message after the answer (on_message_begin retired the connection)
+            return
+        self.status = self.parser.get_status_code()
+        # Only valid here: httptools answers False once the message is complete, which
+        # would close (and reopen) the worker connection on every request.
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._complete:
+            self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._complete or 100 <= self.status < 200:  # interim: the final response follows on the same connection
+            return
+        self._complete = True

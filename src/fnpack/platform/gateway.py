@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,12 +39,11 @@ from pydantic import BaseModel
 from fnpack import __version__
 from fnpack.errors import FnpackError, StartError, UsageError
 from fnpack.platform import auth
-from fnpack.platform.forward import HOP_BY_HOP, end_to_end
+from fnpack.platform.invocations import GatewayProtocol, Invocations, error_json, oip_error, status_of
 from fnpack.platform.isolation import Isolation
 from fnpack.platform.memory import MemoryLimits
 from fnpack.platform.service import LocalPlatform
 from fnpack.platform.storage import mib, state_error
-from fnpack.platform.workers import UpstreamTimeout, WorkerLost
 from fnpack.targets.history import ANY, Expect
 from fnpack.versions import AliasState, Qualifier
 
@@ -55,15 +54,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_ARCHIVE = 2 << 30
 OIP_EXTENSIONS = ("binary_tensor_data",)  # = fnpack.runtime.oip.EXTENSIONS (a test holds them equal)
 STOP_GRACE = float(os.environ.get("FNPACK_STOP_GRACE", "4"))  # seconds requests get after SIGTERM
-MAX_BODY = int(os.environ.get("FNPACK_MAX_BODY", 6 * 1024 * 1024))
-STATUS = {"usage": 400, "spec": 422, "archive": 422, "not-found": 404, "conflict": 409, "start": 503,
-          "worker-lost": 502, "memory-limit": 502, "timeout": 504, "state-folder": 503, "storage-full": 507}
-
-
-def status_of(exc: FnpackError) -> int:
-    return STATUS.get(exc.kind, 500)
-
-
 def error_body(exc: FnpackError) -> bytes:
     return json.dumps(exc.to_dict()).encode()
 
@@ -320,47 +310,40 @@ async def _follow(path: Path, lines: int) -> AsyncIterator[bytes]:
             yield data
 
 
-# --- invocations ---------------------------------------------------------------------------------
+# --- invocations and the rest --------------------------------------------------------------------
 
 
 class Gateway:
-    """The ASGI app: invocations take the short path, everything else goes to the control API.
+    """The ASGI app of everything but invocations, which GatewayProtocol takes before ASGI
+    (invocations.py): serve it with `GatewayProtocol.bound(gateway.invocations)`.
 
-    With an access log, each request ends with one line of it (`AccessLog.line`): the invocation
-    paths return their status and the version that answered, so the hot path gains no wrapper.
+    With an access log, each request ends with one line of it (`AccessLog.line`).
     """
 
     def __init__(self, platform: LocalPlatform, token: str, invoke_token: str | None,
                  access_log: AccessLog | None = None) -> None:
         self.platform = platform
-        self.invoke_token = invoke_token
+        self.invocations = Invocations(platform, invoke_token, access_log)
         self.control = control_api(platform, token)
         self.access_log = access_log
-        self._qualifiers: dict[str, Qualifier] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.control(scope, receive, send)
         log = self.access_log
-        began = time.perf_counter() if log is not None else 0.0
-        path: str = scope["path"]
-        try:
-            if path.startswith("/function/"):
-                status, pool = await self._invoke(scope, receive, send, path[10:])
-            elif path.startswith("/v2/models/"):
-                status, pool = await self._oip(scope, receive, send, path[11:])
-            elif path in _NEEDS_INVOKE_TOKEN and not self._may_invoke(scope):
-                status, pool = await _send_unauthorized(send, False), None
-            elif log is None:
-                return await self.control(scope, receive, send)
-            else:
-                status, pool = await self._control_logged(scope, receive, send), None
-        except Exception:  # uvicorn logs the traceback (and answers 500 if nothing was sent yet)
-            if log is not None:
-                log.line(scope, 500, None, began)
-            raise
+        if scope["path"] in _NEEDS_INVOKE_TOKEN and not self.invocations.may_invoke(scope["headers"]):
+            status = await _send_unauthorized(send)
+        elif log is None:
+            return await self.control(scope, receive, send)
+        else:
+            began = time.perf_counter()
+            try:
+                status = await self._control_logged(scope, receive, send)
+            except Exception:  # uvicorn logs the traceback (and answers 500 if nothing was sent yet)
+                log.line(scope.get("client"), scope["method"], scope.get("raw_path") or b"", 500, None, began)
+                raise
         if log is not None:
-            log.line(scope, status, pool, began)
+            log.line(scope.get("client"), scope["method"], scope.get("raw_path") or b"", status, None, began)
 
     async def _control_logged(self, scope: Scope, receive: Receive, send: Send) -> int:
         """The control API, noting the status it answers (control calls are not the hot path)."""
@@ -374,157 +357,18 @@ class Gateway:
         await self.control(scope, receive, noting)
         return seen[0]
 
-    def _may_invoke(self, scope: Scope) -> bool:
-        return not self.invoke_token or auth.bearer_matches(_header(scope, b"authorization"), self.invoke_token)
-
-    async def _invoke(self, scope: Scope, receive: Receive, send: Send, target: str) -> tuple[int, Any]:
-        if scope["method"] != "POST":
-            return await _send_error(send, 405, "method_not_allowed", f"{scope['method']} is not allowed; use POST",
-                                     oip=False), None
-        qualifier = self._qualifiers.get(target)
-        if qualifier is None:
-            try:
-                qualifier = Qualifier.parse(unquote(target))
-            except UsageError as exc:
-                return await _send_fnpack_error(send, exc, False), None
-            if len(self._qualifiers) < 10_000:  # parsed once per distinct target, not per request
-                self._qualifiers[target] = qualifier
-        return await self._forward(scope, receive, send, qualifier, b"/invoke", _invoke_path, False)
-
-    async def _oip(self, scope: Scope, receive: Receive, send: Send, rest: str) -> tuple[int, Any]:
-        parts = rest.rstrip("/").split("/")
-        name, tail = parts[0], parts[1:]
-        chosen = None
-        if tail[:1] == ["versions"] and len(tail) >= 2:
-            chosen, tail = tail[1], tail[2:]
-        try:
-            qualifier = Qualifier.parse(f"{unquote(name)}:{unquote(chosen)}" if chosen else unquote(name))
-        except UsageError as exc:
-            return await _send_fnpack_error(send, exc, True), None
-        # Encoded again: uvicorn decodes the path, and a decoded space or CRLF in the worker's request
-        # line would let a client smuggle a second request onto a pooled worker connection.
-        suffix = "".join("/" + quote(part, safe="") for part in tail)
-
-        def worker_path(number: int) -> bytes:
-            return f"/v2/models/{qualifier.name}/versions/{number}{suffix}".encode()
-
-        return await self._forward(scope, receive, send, qualifier, None, worker_path, True)
-
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, qualifier: Qualifier,
-                       fixed_path: bytes | None, worker_path: Callable[[int], bytes], oip: bool) -> tuple[int, Any]:
-        """Forward to a worker of the version `qualifier` resolves to: (status answered, its pool or None).
-
-        `oip`: an Open Inference Protocol route, whose errors carry their detail in `error` (what its
-        clients show); a worker's own answers, errors included, come through unchanged."""
-        began = time.perf_counter()
-        if not self._may_invoke(scope):
-            return await _send_unauthorized(send, oip), None
-        try:
-            body = await _read_body(receive, MAX_BODY)
-        except _ClientGone:
-            return 499, None  # nginx's "client closed request": nothing was sent
-        if body is None:
-            return await _send_error(send, 413, "payload_too_large", f"the request body is over {MAX_BODY} bytes",
-                                     oip=oip), None
-        platform = self.platform
-        try:
-            route = platform.route(qualifier)
-        except FnpackError as exc:
-            return await _send_fnpack_error(send, exc, oip), None
-        pool = route.pool
-        headers = end_to_end(scope["headers"], _NOT_FORWARDED)
-        query = scope.get("query_string") or b""
-        path = fixed_path or worker_path(pool.number)
-        # HEAD goes on as GET: the response parser would otherwise wait for a body HEAD never gets.
-        method = b"GET" if scope["method"] == "HEAD" else scope["method"].encode()
-        try:
-            response = await platform.workers.forward(pool, method, path + (b"?" + query if query else b""),
-                                                      headers, body)
-            status, payload = response.status, response.body
-            extra = end_to_end(response.headers)
-        except (WorkerLost, UpstreamTimeout, StartError) as exc:
-            status, payload = status_of(exc), _error_json(exc.to_dict(), oip)
-            extra = [(b"content-type", b"application/json")]
-        extra += [(b"x-fnpack-function", pool.function.encode()), (b"x-fnpack-version", str(pool.number).encode())]
-        await _send(send, status, payload, extra)
-        platform.metrics.observe(pool.function, str(pool.number), route.alias, status, time.perf_counter() - began)
-        return status, pool
-
 
 # What the functions' names and traffic can be read from is for those who may invoke them.
 _NEEDS_INVOKE_TOKEN = frozenset({"/metrics", "/openapi.json"})
-# The platform's credential is the gateway's business: a function never sees the caller's token.
-_NOT_FORWARDED = HOP_BY_HOP | {b"authorization"}
 
 
-def _invoke_path(_: int) -> bytes:
-    return b"/invoke"
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
-
-
-class _ClientGone(Exception):
-    """The client disconnected before its body was complete: nothing to forward, no one to answer."""
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":  # never forward a body cut short
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> int:
-    headers = headers if headers is not None else [(b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+async def _send_unauthorized(send: Send) -> int:
+    body = error_json({"error": "unauthorized", "message": "missing or wrong invoke token"}, False)
+    await send({"type": "http.response.start", "status": 401,
+                "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                            (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-    return status
-
-
-def oip_error(body: dict[str, Any]) -> dict[str, Any]:
-    """An error body as Open Inference Protocol clients read it: the human detail in `error` (KServe
-    answers `{"error": "..."}`; tritonclient raises InferenceServerException with that field), fnpack's
-    own fields kept, the kind under `kind`. The runtime's `oip.error_body` does the same for workers
-    (not imported here: it imports numpy)."""
-    rest = dict(body)
-    kind, message = rest.pop("error", None), str(rest.pop("message", "") or "")
-    detail = message or str(kind or "error")
-    if rest.get("hint"):
-        detail += f" (hint: {rest['hint']})"
-    return {"error": detail, "kind": kind, "message": message, **rest}
-
-
-def _error_json(body: dict[str, Any], oip: bool) -> bytes:
-    return json.dumps(oip_error(body) if oip else body).encode()
-
-
-async def _send_fnpack_error(send: Send, exc: FnpackError, oip: bool) -> int:
-    return await _send(send, status_of(exc), _error_json(exc.to_dict(), oip))
-
-
-async def _send_error(send: Send, status: int, error: str, message: str,
-                      headers: list[tuple[bytes, bytes]] | None = None, oip: bool = False) -> int:
-    body = _error_json({"error": error, "message": message}, oip)
-    return await _send(send, status, body, [(b"content-type", b"application/json"), *(headers or [])])
-
-
-async def _send_unauthorized(send: Send, oip: bool) -> int:
-    return await _send_error(send, 401, "unauthorized", "missing or wrong invoke token",
-                             [(b"www-authenticate", b"Bearer")], oip=oip)
+    return 401
 
 
 # --- stderr and the access log ------------------------------------------------------------------
@@ -631,19 +475,18 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
 
-    def line(self, scope: Scope, status: int, pool: Any, began: float) -> None:
+    def line(self, client: tuple[str, int] | None, method: str, raw_path: bytes, status: int, pool: Any,
+             began: float) -> None:
         now = time.time()
         second = int(now)
         if second != self._second:  # strftime once a second, not per request
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        client = scope.get("client")
-        raw = scope.get("raw_path") or scope["path"].encode()
-        path = raw.decode("latin-1")
-        if not (raw.isascii() and path.isprintable()) or " " in path:  # never a forged line or a terminal escape
-            path = quote(raw, safe="/:@!$&'()*+,;=-._~%")
+        path = raw_path.decode("latin-1")
+        if not (raw_path.isascii() and path.isprintable()) or " " in path:  # never a forged line or a terminal escape
+            path = quote(raw_path, safe="/:@!$&'()*+,;=-._~%")
         answered = f"{pool.function} v{pool.number}" if pool is not None else "-"
         self.put(f"{self._stamp}.{int(now * 1000) % 1000:03d}Z {client[0] if client else '-'}:"
-                 f"{client[1] if client else '-'} {scope['method']} {path} {status} "
+                 f"{client[1] if client else '-'} {method} {path} {status} "
                  f"{(time.perf_counter() - began) * 1000:.1f}ms {answered}\n")
 
 
@@ -693,7 +536,8 @@ def serve(host: str, port: int, state_dir: Path, invoke_token: str | None = None
                           AccessLog(stderr) if log_level in ("debug", "info") else None)
         from fnpack.http_server import make_config
 
-        config = make_config(gateway, timeout_keep_alive=30, **({"log_level": "debug"} if log_level == "debug" else {}))
+        config = make_config(gateway, GatewayProtocol.bound(gateway.invocations), timeout_keep_alive=30,
+                             **({"log_level": "debug"} if log_level == "debug" else {}))
         server = uvicorn.Server(config)
         _stop_in_time(server, run_dir)
         server.run(sockets=[sock])

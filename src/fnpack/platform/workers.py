@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fnpack.errors import FnpackError, StartError
+from fnpack.errors import FnpackError, StartError, UsageError
 from fnpack.platform.forward import Connection, Response, UpstreamClosed
 from fnpack.platform.isolation import Principal, worker_environment
 from fnpack.platform.memory import MemoryLimits
@@ -89,12 +89,19 @@ class Worker:
     last_used: float = field(default_factory=time.monotonic)
     idle: list[tuple[Connection, float]] = field(default_factory=list)
 
-    async def connection(self) -> Connection:
+    def ready_connection(self) -> Connection | None:
+        """A kept-alive connection that can take a request now, if there is one."""
         while self.idle:
             conn, since = self.idle.pop()
             if conn.usable and time.monotonic() - since < STALE_CONNECTION:
                 return conn
             conn.close()
+        return None
+
+    async def connection(self) -> Connection:
+        conn = self.ready_connection()
+        if conn is not None:
+            return conn
         conn = await Connection.open(self.socket)
         # The socket's folder is the function's: it could put another process's socket (another
         # function's, the gateway's own) in its place. Only the worker itself is ever talked to.
@@ -306,20 +313,29 @@ class VersionPool:
 
     # --- requests ----------------------------------------------------------------------------
 
+    def take(self) -> Worker | None:
+        """The least busy worker, counted in flight (starting one more if all are over target); None
+        while there is none yet (one is then starting); the StartError of a start that just failed."""
+        workers = self.workers
+        if workers:
+            worker = workers[0] if len(workers) == 1 else min(workers, key=lambda w: w.in_flight)
+            if worker.in_flight >= self.scaling.target_concurrency and \
+                    len(workers) + self.starting < self.scaling.max:
+                self.start("scale up")
+            worker.in_flight += 1
+            return worker
+        if self.failure and time.monotonic() - self.failure[1] < RETRY_START_AFTER:
+            raise self.failure[0]
+        if not self.starting:
+            self.start("cold start")
+        return None
+
     async def acquire(self) -> Worker:
-        """The least busy worker, after starting one if there is none (or all are over target)."""
+        """`take`, waiting while a worker starts."""
         while True:
-            if self.workers:
-                worker = min(self.workers, key=lambda w: w.in_flight)
-                if worker.in_flight >= self.scaling.target_concurrency and \
-                        len(self.workers) + self.starting < self.scaling.max:
-                    self.start("scale up")
-                worker.in_flight += 1
+            worker = self.take()
+            if worker is not None:
                 return worker
-            if self.failure and time.monotonic() - self.failure[1] < RETRY_START_AFTER:
-                raise self.failure[0]
-            if not self.starting:
-                self.start("cold start")
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
             await waiter
@@ -437,6 +453,7 @@ class WorkerPool:
         self._groups: dict[int, Path | None] = {}  # pid -> its memory cgroup
         self._spawned = 0
         self._reaper: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()  # requests waiting for a worker or a connection
 
     def log_path(self, function: str) -> Path:
         return self.logs_dir / f"{function}.log"
@@ -456,40 +473,78 @@ class WorkerPool:
 
     # --- forwarding ----------------------------------------------------------------------------
 
-    async def forward(self, pool: VersionPool, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
-                      body: bytes) -> Response:
-        """Send one request to a worker of `pool`; a worker found gone before the request reached it
-        is dropped and another one is used."""
+    def send(self, pool: VersionPool, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+             body: bytes, done: Callable[[Response | FnpackError], None]) -> None:
+        """Send one request to a worker of `pool`; `done` gets the worker's Response, or the FnpackError
+        that answers the request instead (WorkerLost, UpstreamTimeout, StartError, UsageError).
+
+        With a worker that has a kept-alive connection ready (the usual case), the whole exchange
+        runs in the loop's callbacks: no task. Otherwise a task waits for a worker to start, or
+        connects; a worker found gone before the request reached it is dropped and another one used.
+        """
+        try:
+            worker = pool.take()
+        except StartError as exc:
+            return done(exc)
+        conn = worker.ready_connection() if worker is not None else None
+        if conn is not None:
+            return self._exchange(pool, worker, conn, method, target, headers, body, done)  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(self._connect(pool, worker, method, target, headers, body, done))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _connect(self, pool: VersionPool, worker: Worker | None, method: bytes, target: bytes,
+                       headers: list[tuple[bytes, bytes]], body: bytes,
+                       done: Callable[[Response | FnpackError], None]) -> None:
         for _ in range(3):
-            worker = await pool.acquire()
             try:
-                try:
-                    conn = await worker.connection()
-                except OSError:  # its socket is gone (it exited, or is no more its): this request never reached it
-                    self._stop(pool, worker, "stopped accepting connections", signal.SIGKILL)
-                    continue
-                try:
-                    async with asyncio.timeout(pool.scaling.timeout + 10):
-                        response = await conn.request(method, target, headers, body)
-                except UpstreamClosed as exc:
-                    conn.close()
-                    raise self._lost(pool, worker, str(exc)) from None
-                except TimeoutError:
-                    conn.close()
-                    # The worker's own timeout should have answered long ago: it is hung. Replace it.
-                    self._stop(pool, worker, f"did not answer within {pool.scaling.timeout + 10:.0f} s",
-                               signal.SIGKILL)
-                    raise UpstreamTimeout(f"{pool.label} did not answer within {pool.scaling.timeout + 10:.0f} s; "
-                                          "its worker was hung and is replaced",
-                                          hint="raise resources.timeout in fnpack.yaml") from None
-                except BaseException:  # cancelled mid-exchange: the connection is out of step
-                    conn.close()
-                    raise
-                worker.give_back(conn, response.keep_alive)
-                return response
-            finally:
-                pool.release(worker)
-        raise WorkerLost(f"no worker of {pool.label} accepted the request", hint=f"`fnpack logs {pool.function}`")
+                if worker is None:
+                    worker = await pool.acquire()
+                conn = await worker.connection()
+            except StartError as exc:
+                return done(exc)
+            except OSError:  # its socket is gone (it exited, or is no more its): this request never reached it
+                pool.release(worker)  # type: ignore[arg-type]
+                self._stop(pool, worker, "stopped accepting connections", signal.SIGKILL)  # type: ignore[arg-type]
+                worker = None
+                continue
+            except BaseException:  # cancelled: the platform is stopping
+                if worker is not None:
+                    pool.release(worker)
+                raise
+            return self._exchange(pool, worker, conn, method, target, headers, body, done)
+        done(WorkerLost(f"no worker of {pool.label} accepted the request", hint=f"`fnpack logs {pool.function}`"))
+
+    def _exchange(self, pool: VersionPool, worker: Worker, conn: Connection, method: bytes, target: bytes,
+                  headers: list[tuple[bytes, bytes]], body: bytes,
+                  done: Callable[[Response | FnpackError], None]) -> None:
+        """One request on `conn`, in callbacks; `worker` is counted in flight until its answer."""
+        limit = pool.scaling.timeout + 10
+
+        def answered(result: Response | UpstreamClosed) -> None:
+            timer.cancel()
+            pool.release(worker)
+            if isinstance(result, UpstreamClosed):
+                return done(self._lost(pool, worker, str(result)))
+            worker.give_back(conn, result.keep_alive)
+            done(result)
+
+        def hung() -> None:
+            conn.abandon()  # the answer, should it come, is no one's: the connection closes, unanswered
+            pool.release(worker)
+            # The worker's own timeout should have answered long ago: it is hung. Replace it.
+            self._stop(pool, worker, f"did not answer within {limit:.0f} s", signal.SIGKILL)
+            done(UpstreamTimeout(f"{pool.label} did not answer within {limit:.0f} s; its worker was hung and is "
+                                 "replaced", hint="raise resources.timeout in fnpack.yaml"))
+
+        timer = asyncio.get_running_loop().call_later(limit, hung)
+        try:
+            conn.send(method, target, headers, body, answered)
+        except ValueError as exc:  # a request target that would split the request line
+            timer.cancel()
+            pool.release(worker)
+            worker.give_back(conn, True)
+            done(UsageError(str(exc), hint="encode spaces and control characters in the path and query"))
 
     def _lost(self, pool: VersionPool, worker: Worker, why: str) -> WorkerLost:
         """The error for a request whose worker dropped it; the worker is taken out of rotation."""
@@ -632,6 +687,8 @@ class WorkerPool:
     async def close(self) -> None:
         if self._reaper:
             self._reaper.cancel()
+        for task in self._sending:
+            task.cancel()
         for pool in self.pools.values():
             pool.cancel()
             for worker in list(pool.workers):
