@@ -5,8 +5,9 @@ In one run, on examples/iris, each figure next to its baseline:
   1. Cold start: a scaled-to-zero version's first answer through the gateway (the worker forked by the
      zygote), vs. B0, a bare process that loads the same model.onnx and runs it once; for information,
      a plain `python -m fnpack.worker` (no zygote) from spawn to its first answer.
-  2. Warm throughput: gateway + one worker vs. a hand-written FastAPI app, both on core 0, wrk (8
-     connections) on core 1; for information, the platform unpinned.
+  2. Warm throughput: gateway + one worker vs. the runtime alone (`python -m fnpack.worker`) and a
+     hand-written async Starlette app, all on core 0, wrk (64, 8 and 1 connections) on core 1; for
+     information, a hand-written FastAPI app and the platform unpinned.
   3. Alias moves under load: 200 requests/s while the alias moves 10 times and rolls back (failed
      requests; every request sent 50 ms after a move's acknowledgement routed per the new state), then
      the observed share of a 10 % canary.
@@ -58,7 +59,11 @@ FUNCTION = "iris"
 # name -> (limit, comparison, unit)
 GOALS: dict[str, tuple[float, str, str]] = {
     "cold_start_ratio": (0.5, "<=", "x"),
-    "throughput_rps_ratio": (1.0, ">=", "x"),
+    "rps_vs_starlette[64]": (1.0, ">=", "x"),
+    "rps_vs_starlette[8]": (1.0, ">=", "x"),
+    "rps_vs_runtime[64]": (0.8, ">=", "x"),
+    "rps_vs_runtime[8]": (0.8, ">=", "x"),
+    "p50_vs_runtime[1]": (1.3, "<=", "x"),
     "alias_failed_requests": (0, "==", ""),
     "move_visibility_violations": (0, "==", ""),
     "canary_share_error_points": (1.5, "<=", " pt"),
@@ -591,38 +596,51 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def throughput(sides: dict[str, tuple[str, Callable[[], dict[str, int]]]], body: bytes, seconds: int,
-               rounds: int, tmp: Path) -> dict[str, Any]:
+def throughput(sides: dict[str, tuple[str, Callable[[], dict[str, int]], tuple[int, ...]]], body: bytes,
+               seconds: int, rounds: int, tmp: Path) -> dict[str, Any]:
     """Every side is up (each idle while wrk drives another): one answer checked, a 2 s warm-up each, then
-    per round `seconds` of wrk at 8 connections per side, the order flipped every round. Median of rounds.
-    Each side is (URL, its processes by role): their CPU time per request shows where the time goes."""
+    per round, per connection count, `seconds` of wrk per side, the order flipped every round. Medians of
+    rounds. Each side is (URL, its processes by role, the connection counts it runs at): their CPU time per
+    request shows where the time goes."""
     (tmp / "body.json").write_bytes(body)
     lua = tmp / "post.lua"
     lua.write_text(rt.WRK_LUA.format(path=json.dumps(str(tmp / "body.json"))))
     processes = {}
-    for side, (url, find) in sides.items():
+    for side, (url, find, _) in sides.items():
         answer = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=30)
         if answer.status_code != 200 or "label" not in answer.json():
             raise RuntimeError(f"{side} answered {answer.status_code}: {answer.text[:300]}")
         wrk(url, lua, 8, 2)
         processes[side] = find()  # after the warm-up: the platform's worker is running
-    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
-    order = list(sides)
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {side: {c: [] for c in conns}
+                                                        for side, (_, _, conns) in sides.items()}
+    counts = sorted({c for _, _, conns in sides.values() for c in conns}, reverse=True)
     for i in range(rounds):
-        for side in order if i % 2 == 0 else order[::-1]:
-            before = {role: cpu_seconds(pid) for role, pid in processes[side].items()}
-            run = wrk(sides[side][0], lua, 8, seconds)
-            run["cpu_us_per_request"] = {role: (cpu_seconds(pid) - before[role]) / max(run["requests"], 1) * 1e6
-                                         for role, pid in processes[side].items()}
-            runs[side].append(run)
-            log(f"throughput round {i + 1}/{rounds}, {side}: {run['rps']:.0f} requests/s")
-    return {side: {"rounds": r, "seconds": seconds, "processes": processes[side],
-                   "rps": statistics.median(x["rps"] for x in r),
-                   "p50_ms": statistics.median(x["p50_ms"] for x in r),
-                   "p99_ms": statistics.median(x["p99_ms"] for x in r),
-                   "cpu_us_per_request": {role: statistics.median(x["cpu_us_per_request"][role] for x in r)
-                                          for role in processes[side]},
-                   "errors": sum(x["errors"] for x in r)} for side, r in runs.items()}
+        for connections in counts:
+            order = [side for side in sides if connections in sides[side][2]]
+            for side in order if i % 2 == 0 else order[::-1]:
+                before = {role: cpu_seconds(pid) for role, pid in processes[side].items()}
+                run = wrk(sides[side][0], lua, connections, seconds)
+                run["cpu_us_per_request"] = {role: (cpu_seconds(pid) - before[role]) / max(run["requests"], 1) * 1e6
+                                             for role, pid in processes[side].items()}
+                runs[side][connections].append(run)
+                log(f"throughput round {i + 1}/{rounds}, {connections} connection(s), {side}: "
+                    f"{run['rps']:.0f} requests/s, p50 {run['p50_ms']:.2f} ms")
+    return {side: {"processes": processes[side], "seconds": seconds,
+                   **{str(c): {"rounds": r, "rps": statistics.median(x["rps"] for x in r),
+                               "p50_ms": statistics.median(x["p50_ms"] for x in r),
+                               "p99_ms": statistics.median(x["p99_ms"] for x in r),
+                               "cpu_us_per_request": {role: statistics.median(x["cpu_us_per_request"][role] for x in r)
+                                                      for role in processes[side]},
+                               "errors": sum(x["errors"] for x in r)} for c, r in by_count.items()}}
+            for side, by_count in runs.items()}
+
+
+def round_ratio(http: dict[str, Any], a: str, b: str, connections: int, key: str = "rps") -> float:
+    """The median over rounds of side a's figure / side b's, each round's pair measured back to back: a drift
+    in the machine's speed between rounds (other work on these 2 cores) cancels out of each ratio."""
+    return statistics.median(x[key] / y[key] for x, y in zip(http[a][str(connections)]["rounds"],
+                                                               http[b][str(connections)]["rounds"]))
 
 
 # ---------------------------------------------------------------- the run
@@ -655,7 +673,7 @@ def workspace(keep: bool) -> Iterator[Path]:
 
 
 def bench(quick: bool, keep: bool) -> dict[str, Any]:
-    cold_runs, seconds, rounds = (3, 3, 1) if quick else (10, 10, 3)
+    cold_runs, seconds, rounds = (3, 3, 1) if quick else (10, 8, 3)
     load_seconds, share_requests = (10.0, 3000) if quick else (30.0, 10000)
     procs: list[subprocess.Popen[Any]] = []
     platforms: list[Platform] = []
@@ -702,27 +720,44 @@ def bench(quick: bool, keep: bool) -> dict[str, Any]:
             share = run_async(canary_share(gw, v["warm"], v["canary"], 0.1, body, share_requests, 8))
 
             busy["throughput"] = others_busy()
-            log("2. throughput: starting the pinned platform and the FastAPI baseline on core 0")
+            log("2. throughput: starting the pinned platform, the runtime alone and the baselines on core 0")
             pinned = Platform("pinned", tmp, procs, "0")
             platforms.append(pinned)
             pinned.set_alias(pinned.deploy(archives["warm"]))  # its version 1
-            baseline_port = rt.free_port()
-            env = {**os.environ, "BENCH_MODEL": str(bare / "model.onnx")}
-            start(["taskset", "-c", "0", *rt.baseline_command(tmp), "--host", "127.0.0.1", "--port",
-                   str(baseline_port)], tmp / "fastapi.log", procs, cwd=tmp, env=env)
-            wait_listening(baseline_port, procs[-1], tmp / "fastapi.log")
-            fastapi = procs[-1]
+            ports = {}
+            servers = {"runtime": ([sys.executable, "-m", "fnpack.worker", "--archive", str(archives["warm"]),
+                                    "--sha256", builds["warm"]["sha256"], "--cache-dir", str(tmp / "runtime-cache")],
+                                   os.environ),
+                       "starlette": (rt.baseline_command(tmp, "starlette", rt.STARLETTE_APP),
+                                     {**os.environ, "BENCH_ROOT": str(bare)}),
+                       "fastapi": (rt.baseline_command(tmp, "fastapi", rt.FASTAPI_APP),
+                                   {**os.environ, "BENCH_MODEL": str(bare / "model.onnx")})}
+            started = {}
+            for name, (command, env) in servers.items():
+                ports[name] = rt.free_port()
+                start(["taskset", "-c", "0", *command, "--host", "127.0.0.1", "--port", str(ports[name])],
+                      tmp / f"{name}.log", procs, cwd=tmp, env=env)
+                started[name] = procs[-1]
+            for name, proc in started.items():
+                wait_listening(ports[name], proc, tmp / f"{name}.log")
+            main_counts, info_counts = (64, 8, 1), (8,)
             sides = {"platform": (f"{pinned.url}/function/{FUNCTION}",
-                                  lambda: {"gateway": pinned.pid, "worker": pinned.worker_pid(1)}),
-                     "fastapi": (f"http://127.0.0.1:{baseline_port}/invoke", lambda: {"server": fastapi.pid}),
+                                  lambda: {"gateway": pinned.pid, "worker": pinned.worker_pid(1)}, main_counts),
+                     "runtime": (f"http://127.0.0.1:{ports['runtime']}/invoke",
+                                 lambda: {"server": started["runtime"].pid}, main_counts),
+                     "starlette": (f"http://127.0.0.1:{ports['starlette']}/invoke",
+                                   lambda: {"server": started["starlette"].pid}, main_counts),
+                     "fastapi": (f"http://127.0.0.1:{ports['fastapi']}/invoke",
+                                 lambda: {"server": started["fastapi"].pid}, info_counts),
                      "platform unpinned": (f"{gw.url}/function/{FUNCTION}",
-                                           lambda: {"gateway": gw.pid, "worker": gw.worker_pid(v["warm"])})}
-            log(f"   warm-up 2 s each, then {rounds} round(s) of {seconds} s per side at 8 connections")
+                                           lambda: {"gateway": gw.pid, "worker": gw.worker_pid(v["warm"])},
+                                           info_counts)}
+            log(f"   warm-up 2 s each, then {rounds} round(s) of {seconds} s per side at 64, 8 and 1 connection(s)")
             http = throughput(sides, body, seconds, rounds, tmp)
             pinning = {"gateway": cpus_allowed(pinned.pid), "zygote": ",".join(cpus_allowed(p) for p in
                                                                              pinned.zygotes()),
                        "worker": ",".join(cpus_allowed(p) for p in pinned.worker_pids()),
-                       "fastapi": cpus_allowed(fastapi.pid)}
+                       **{name: cpus_allowed(proc.pid) for name, proc in started.items()}}
         finally:
             for platform in platforms:
                 platform.close()
@@ -737,10 +772,12 @@ def bench(quick: bool, keep: bool) -> dict[str, Any]:
         "busy_before": busy, "cold_start": cold, "memory": mem, "alias_moves": moves, "canary": share,
         "throughput": http, "pinning": pinning,
         "cold_start_ratio": cold["ratio"],
-        # per round, platform / FastAPI measured back to back, then the median: a drift in the machine's
-        # speed between rounds (other work on these 2 cores) cancels out of each round's ratio
-        "throughput_rps_ratio": statistics.median(p["rps"] / b["rps"] for p, b in
-                                                  zip(http["platform"]["rounds"], http["fastapi"]["rounds"])),
+        "rps_vs_starlette[64]": round_ratio(http, "platform", "starlette", 64),
+        "rps_vs_starlette[8]": round_ratio(http, "platform", "starlette", 8),
+        "rps_vs_runtime[64]": round_ratio(http, "platform", "runtime", 64),
+        "rps_vs_runtime[8]": round_ratio(http, "platform", "runtime", 8),
+        "p50_vs_runtime[1]": round_ratio(http, "platform", "runtime", 1, "p50_ms"),
+        "rps_vs_fastapi[8]": round_ratio(http, "platform", "fastapi", 8),
         "alias_failed_requests": moves["failed"],
         "move_visibility_violations": moves["visibility_violations"],
         "canary_share_error_points": share["error_points"],
@@ -810,32 +847,46 @@ def report(f: dict[str, Any]) -> str:
                  f"({verdict(f, 'workers_after_scale_to_zero')}), {mib(cold['worker_memory_after_kib'])} of "
                  f"worker memory, fnpack_workers {cold['workers_gauge_after']:g}")
 
-    p, b, u = http["platform"], http["fastapi"], http["platform unpinned"]
     pin = f["pinning"]
+    seconds = http["platform"]["seconds"]
     lines += ["",
-              (f"2. Warm throughput: POST the first sample, wrk -t1 -c8 on core 1, {len(p['rounds'])} round(s) of "
-               f"{p['seconds']} s per side after a 2 s warm-up (median)"),
-              (f"   platform = gateway + 1 worker, on core 0 (CPUs allowed: gateway {pin['gateway']}, zygote "
-               f"{pin['zygote']}, worker {pin['worker']});"),
-              (f"   FastAPI = the hand-written app of bench_runtime.py on uvicorn (uvloop, httptools), one process on "
-               f"core {pin['fastapi']}")]
-    lines += rt.table([
-        ("", "platform", "FastAPI", "ratio", "goal", "platform unpinned (info)"),
-        ("requests/s, 8 connections", f"{p['rps']:.0f}", f"{b['rps']:.0f}", f"{f['throughput_rps_ratio']:.2f}x",
-         verdict(f, "throughput_rps_ratio"), f"{u['rps']:.0f} ({u['rps'] / b['rps']:.2f}x)"),
-        ("p50 latency", f"{p['p50_ms']:.2f} ms", f"{b['p50_ms']:.2f} ms", f"{p['p50_ms'] / b['p50_ms']:.2f}x", "",
-         f"{u['p50_ms']:.2f} ms"),
-        ("p99 latency", f"{p['p99_ms']:.2f} ms", f"{b['p99_ms']:.2f} ms", f"{p['p99_ms'] / b['p99_ms']:.2f}x", "",
-         f"{u['p99_ms']:.2f} ms"),
-    ])
-    lines.append("   requests/s by round: " + "; ".join(
-        f"{side} " + ", ".join(f"{r['rps']:.0f}" for r in s["rounds"]) for side, s in http.items()) +
-        "; platform / FastAPI by round (the ratio shown is their median): " +
-        ", ".join(f"{x['rps'] / y['rps']:.2f}x" for x, y in zip(p["rounds"], b["rounds"])))
-    lines.append("   CPU time per request (median of rounds): " + "; ".join(
-        f"{side} " + ", ".join(f"{role} {us:.0f} us" for role, us in s["cpu_us_per_request"].items())
+              (f"2. Warm throughput: POST the first sample, wrk -t1 on core 1, {len(http['platform']['8']['rounds'])} "
+               f"round(s) of {seconds} s per side and connection count after a 2 s warm-up (medians; ratios: the "
+               "median of the per-round ratios, each pair measured back to back)"),
+              (f"   platform = `fnpack serve` gateway + 1 worker on core 0 (CPUs allowed: gateway {pin['gateway']}, "
+               f"zygote {pin['zygote']}, worker {pin['worker']}), POST /function/iris;"),
+              (f"   runtime = `python -m fnpack.worker` alone on the same archive (core {pin['runtime']}); "
+               f"Starlette = a hand-written async route, FastAPI = a sync endpoint (bench_runtime.py), each on "
+               "uvicorn (uvloop, httptools), one process on core 0")]
+
+    def cell(side: str, c: int, key: str) -> str:
+        x = http[side].get(str(c))
+        return "" if x is None else f"{x[key]:.0f}" if key == "rps" else f"{x[key]:.2f} ms"
+
+    rows = [("", "platform", "runtime", "Starlette", "vs Starlette", "goal", "vs runtime", "goal")]
+    for c in (64, 8):
+        rows.append((f"requests/s, {c} connections", cell("platform", c, "rps"), cell("runtime", c, "rps"),
+                     cell("starlette", c, "rps"), f"{f[f'rps_vs_starlette[{c}]']:.2f}x",
+                     verdict(f, f"rps_vs_starlette[{c}]"), f"{f[f'rps_vs_runtime[{c}]']:.2f}x",
+                     verdict(f, f"rps_vs_runtime[{c}]")))
+    rows.append(("p50 latency, 1 connection", cell("platform", 1, "p50_ms"), cell("runtime", 1, "p50_ms"),
+                 cell("starlette", 1, "p50_ms"), f"{round_ratio(http, 'platform', 'starlette', 1, 'p50_ms'):.2f}x",
+                 "", f"{f['p50_vs_runtime[1]']:.2f}x", verdict(f, "p50_vs_runtime[1]")))
+    for c in (1, 8, 64):
+        rows.append((f"p99 latency, {c} connection(s)", cell("platform", c, "p99_ms"), cell("runtime", c, "p99_ms"),
+                     cell("starlette", c, "p99_ms"), f"{round_ratio(http, 'platform', 'starlette', c, 'p99_ms'):.2f}x",
+                     "", f"{round_ratio(http, 'platform', 'runtime', c, 'p99_ms'):.2f}x", ""))
+    lines += rt.table(rows)
+    fa, u = http["fastapi"]["8"], http["platform unpinned"]["8"]
+    lines.append(f"   for information, 8 connections: FastAPI {fa['rps']:.0f} requests/s (platform "
+                 f"{f['rps_vs_fastapi[8]']:.2f}x); the platform unpinned (both cores, wrk on core 1) {u['rps']:.0f}")
+    lines.append("   requests/s by round at 8 connections: " + "; ".join(
+        f"{side} " + ", ".join(f"{r['rps']:.0f}" for r in s["8"]["rounds"]) for side, s in http.items()))
+    lines.append("   CPU time per request at 8 connections (median of rounds): " + "; ".join(
+        f"{side} " + ", ".join(f"{role} {us:.0f} us" for role, us in s["8"]["cpu_us_per_request"].items())
         for side, s in http.items()))
-    errors = {side: s["errors"] for side, s in http.items() if s["errors"]}
+    errors = {f"{side} at {c}": x["errors"] for side, s in http.items() for c, x in s.items()
+              if isinstance(x, dict) and x.get("errors")}
     if errors:
         lines.append(f"   WARNING: non-2xx answers or socket errors: {errors}")
 
@@ -918,7 +969,7 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     # rt.run, used for builds, B0 and wrk, bounds every child by the runtime module's DEADLINE.
-    rt.DEADLINE = rt.Deadline(180 if args.quick else 480)
+    rt.DEADLINE = rt.Deadline(240 if args.quick else 600)
     try:
         figures = bench(args.quick, args.keep)
     except KeyboardInterrupt:

@@ -467,13 +467,31 @@ class AccessLog:
         2026-12-01 09:31:18.123 127.0.0.1:50532 POST /function/iris 200 1.8ms iris v2
 
     (time, client, method, path as sent, status, duration, the function and version that answered or
-    "-"). The request only formats the line and queues it on the StderrWriter.
+    "-"). The request only formats the line and appends it to a batch; the batch goes to the
+    StderrWriter FLUSH_S later, in one piece: a queue put per line woke the writer thread per request,
+    and its handoffs of the GIL cost the gateway a fifth of its time at the default log level.
     """
+
+    FLUSH_S = 0.05
 
     def __init__(self, writer: StderrWriter) -> None:
         self.put = writer.put
         self._second = -1
         self._stamp = ""
+        self._batch: list[str] = []
+
+    def flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            self.put("".join(batch))
+
+    def _add(self, text: str) -> None:
+        if not self._batch:
+            try:
+                asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)
+            except RuntimeError:  # no loop running (a test calling it directly): at once
+                return self.put(text)
+        self._batch.append(text)
 
     def line(self, client: tuple[str, int] | None, method: str, raw_path: bytes, status: int, pool: Any,
              began: float) -> None:
@@ -485,7 +503,7 @@ class AccessLog:
         if not (raw_path.isascii() and path.isprintable()) or " " in path:  # never a forged line or a terminal escape
             path = quote(raw_path, safe="/:@!$&'()*+,;=-._~%")
         answered = f"{pool.function} v{pool.number}" if pool is not None else "-"
-        self.put(f"{self._stamp}.{int(now * 1000) % 1000:03d}Z {client[0] if client else '-'}:"
+        self._add(f"{self._stamp}.{int(now * 1000) % 1000:03d}Z {client[0] if client else '-'}:"
                  f"{client[1] if client else '-'} {method} {path} {status} "
                  f"{(time.perf_counter() - began) * 1000:.1f}ms {answered}\n")
 
@@ -523,7 +541,7 @@ def serve(host: str, port: int, state_dir: Path, invoke_token: str | None = None
     # Each function has a folder of its own in it (isolation.py): the top one is only traversed.
     run_dir = Path(tempfile.mkdtemp(prefix="fnpack-"))
     memory = MemoryLimits.detect()
-    stderr = None
+    stderr = access_log = None
     try:
         isolation = Isolation(run_dir, state_dir)
         if isolation.separate_users:
@@ -532,8 +550,9 @@ def serve(host: str, port: int, state_dir: Path, invoke_token: str | None = None
         _announce(host, port, state_dir, isolation, memory, log_level, detached)
         stderr = StderrWriter()
         stderr.install()  # before uvicorn's logging takes sys.stderr: nothing it writes can stall the loop
+        access_log = AccessLog(stderr) if log_level in ("debug", "info") else None
         gateway = Gateway(LocalPlatform(state_dir.resolve(), run_dir, isolation, memory), token, invoke_token,
-                          AccessLog(stderr) if log_level in ("debug", "info") else None)
+                          access_log)
         from fnpack.http_server import make_config
 
         config = make_config(gateway, GatewayProtocol.bound(gateway.invocations), timeout_keep_alive=30,
@@ -544,6 +563,8 @@ def serve(host: str, port: int, state_dir: Path, invoke_token: str | None = None
     except _Terminated:  # uvicorn stopped and re-raised SIGTERM: clean up (finally), then exit as SIGTERM's
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
+        if access_log is not None:
+            access_log.flush()  # the last lines' timer died with the loop
         if stderr is not None:
             stderr.close()
         shutil.rmtree(run_dir, ignore_errors=True)
