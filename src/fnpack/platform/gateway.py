@@ -3,8 +3,8 @@
 - The control API (`/api/v1/...`, FastAPI, bearer token) deploys archives, lists functions and
   versions, moves aliases, rolls back, deletes and streams logs.
 - Invocations (`POST /function/NAME[:QUALIFIER]` and the Open Inference Protocol's
-  `/v2/models/NAME[/versions/QUALIFIER]/...`) bypass FastAPI's routing: they are on every
-  request's path, so a plain ASGI branch resolves the version and forwards to a worker.
+  `/v2/models/NAME[/versions/QUALIFIER]/...`) never reach ASGI: they are on every request's
+  path, so the HTTP protocol takes them itself (invocations.py).
 - `/metrics` (Prometheus), `/healthz`, `/v2/health/{live,ready}`.
 Errors are JSON: `{"error": kind, "message": ..., "hint": ..., "exit_code": ...}`.
 """
