@@ -141,6 +141,8 @@ class Exchange:
             self._check_head()
             if self.sent:
                 return
+            if self.size > MAX_BODY:  # a chunked body that went over while it waited its turn: its chunks are gone
+                return self._too_large()
             if self.expect_continue:
                 self.protocol.transport.write(_CONTINUE)
             if self.body_done:

@@ -1,0 +1,403 @@
+"""The gateway's invocation path (platform/invocations.py) under attack, over real sockets.
+
+Invocations are taken in the gateway's HTTP protocol, not through ASGI; these are the attacks a
+hostile or careless client can make on that path: pipelined floods mixing invocations and control
+calls, clients that hang up or never read, `Expect: 100-continue` with a refusal coming, bodies at
+and over FNPACK_MAX_BODY, encoded paths, HEAD/GET, HTTP/1.0, workers that die or hang, and a
+SIGTERM with requests in flight. Each time every other client must still get its own answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httptools
+import httpx
+import pytest
+
+from functions import build_probe
+from servers import free_port, reachable, stop, wait_ready
+
+pytestmark = pytest.mark.slow
+
+MAX_BODY = 100_000  # FNPACK_MAX_BODY: small, so that a whole over-limit body fits in one read
+INVOKE_TOKEN = "attack-invoke-token"
+AUTH = f"authorization: Bearer {INVOKE_TOKEN}\r\n"
+
+
+@dataclass
+class Gateway:
+    port: int
+    process: subprocess.Popen
+    log: Path  # the gateway's stderr: access log, warnings, tracebacks
+    token: str  # the control token
+
+    def connect(self, rcvbuf: int | None = None) -> socket.socket:
+        sock = socket.socket()
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.connect(("127.0.0.1", self.port))
+        return sock
+
+    def failures(self) -> list[str]:
+        """The gateway's own tracebacks so far."""
+        text = self.log.read_text(errors="replace")
+        return [line for line in text.splitlines() if line.startswith(("Traceback", "invocation ", "ERROR:"))]
+
+    def served(self, code: str = "200") -> int:
+        """Invocations of `echo` answered `code`, as /metrics counts them."""
+        metrics = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=30,
+                            headers={"authorization": f"Bearer {INVOKE_TOKEN}"}).text
+        for line in metrics.splitlines():
+            if line.startswith("fnpack_requests_total{") and f'code="{code}"' in line and 'function="echo"' in line:
+                return int(float(line.rsplit(" ", 1)[1]))
+        return 0
+
+
+@contextlib.contextmanager
+def _gateway(tmp: Path, archive: str, env: dict[str, str] | None = None) -> Iterator[Gateway]:
+    """`fnpack serve` with an invoke token and the access log on, stderr to a file, echo deployed (alias live)."""
+    state, log, port = tmp / "state", tmp / "gateway.log", free_port()
+    reachable(state)
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fnpack", "serve", "--host", "127.0.0.1", "--port", str(port), "--state-dir",
+             str(state), "--invoke-token", INVOKE_TOKEN],
+            env={**os.environ, "FNPACK_MAX_BODY": str(MAX_BODY), **(env or {})}, stdout=subprocess.DEVNULL,
+            stderr=stderr)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", process)
+        token = (state / "token").read_text().strip()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                          headers={"authorization": f"Bearer {token}"}) as control:
+            deployed = control.post("/api/v1/functions/echo/versions", content=Path(archive).read_bytes())
+            assert deployed.status_code == 201, deployed.text
+            assert control.put("/api/v1/functions/echo/aliases/live", json={"primary": 1}).status_code == 200
+        gateway = Gateway(port, process, log, token)
+        with gateway.connect() as sock:  # warm: a worker is ready
+            sock.sendall(_post("/function/echo", _body(0)))
+            assert _responses(sock, 1)[0][0] == 200
+        yield gateway
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> str:
+    tmp = tmp_path_factory.mktemp("attacks")
+    spec = {"scaling": {"max": 2, "target_concurrency": 4}, "resources": {"timeout": 3}}
+    return build_probe(tmp / "src", "echo", tmp / "dist", spec)["archive"]
+
+
+@pytest.fixture(scope="module")
+def gateway(archive: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    # A long body timeout: the write timeout is the same, and a client that does not read is
+    # watched here for longer than the default 10 s.
+    with _gateway(tmp_path_factory.mktemp("gateway"), archive, {"FNPACK_BODY_TIMEOUT": "60"}) as gateway:
+        yield gateway
+
+
+# --- raw HTTP ------------------------------------------------------------------------------------
+
+Answer = tuple[int, dict[bytes, bytes], bytes]
+
+
+def _responses(sock: socket.socket, count: int, timeout: float = 60) -> list[Answer]:
+    """Read `count` responses off `sock` (interim ones count), in order; fewer if the gateway closes."""
+    answers: list[Answer] = []
+
+    class Collect:
+        def on_message_begin(self) -> None:
+            self.headers: dict[bytes, bytes] = {}
+            self.body = b""
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers[name.lower()] = value
+
+        def on_body(self, body: bytes) -> None:
+            self.body += body
+
+        def on_message_complete(self) -> None:
+            answers.append((parser.get_status_code(), self.headers, self.body))
+
+    parser = httptools.HttpResponseParser(Collect())
+    sock.settimeout(timeout)
+    while len(answers) < count:
+        try:
+            data = sock.recv(1 << 16)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        parser.feed_data(data)
+    return answers
+
+
+def _head(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:
+    """The answer to a HEAD: its status, headers and whatever came after them (nothing, in step)."""
+    sock.settimeout(30)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(1 << 16)
+        assert chunk, data
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, rest + _received(sock, 0.3)
+
+
+def _received(sock: socket.socket, seconds: float) -> bytes:
+    """Whatever arrives within `seconds` (for what must not arrive)."""
+    sock.settimeout(seconds)
+    data = b""
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    return data
+
+
+def _post(path: str, body: dict | bytes, extra: str = AUTH, version: str = "1.1") -> bytes:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return (f"POST {path} HTTP/{version}\r\nhost: x\r\ncontent-type: application/json\r\n{extra}"
+            f"content-length: {len(data)}\r\n\r\n").encode() + data
+
+
+def _chunked(path: str, data: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{AUTH}"
+            "transfer-encoding: chunked\r\n\r\n").encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+
+
+def _body(tag: float, width: int = 1) -> dict:
+    return {"x": [[float(tag)] * width]}
+
+
+def _sized(size: int) -> bytes:
+    """A JSON request for echo of exactly `size` bytes."""
+    head, tail = b'{"x": [[1.0]], "pad": "', b'"}'
+    return head + b"a" * (size - len(head) - len(tail)) + tail
+
+
+def _y(answer: Answer) -> list:
+    assert answer[0] == 200, answer
+    return json.loads(answer[2])["y"]
+
+
+def _echo_again(gateway: Gateway, count: int = 20) -> None:
+    """A real client on a fresh connection: each of its requests gets its own answer."""
+    with gateway.connect() as sock:
+        for tag in range(count):
+            sock.sendall(_post("/function/echo", _body(1000 + tag)))
+            assert _y(_responses(sock, 1)[0]) == [[1000.0 + tag]]
+
+
+# --- bodies, limits and Expect -------------------------------------------------------------------
+
+
+def test_bodies_at_and_over_the_limit(gateway: Gateway) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(_post("/function/echo", _sized(MAX_BODY)) + _post("/function/echo", _sized(MAX_BODY + 1)) +
+                     _chunked("/function/echo", _sized(MAX_BODY + 1)) + _chunked("/function/echo", _sized(MAX_BODY)))
+        answers = _responses(sock, 4)
+    assert [status for status, _, _ in answers] == [200, 413, 413, 200], answers
+    assert json.loads(answers[1][2])["error"] == "payload_too_large"
+    assert json.loads(answers[2][2])["error"] == "payload_too_large"
+
+
+def test_a_pipelined_chunked_body_over_the_limit_is_refused_not_forwarded_empty(gateway: Gateway) -> None:
+    """A chunked body over FNPACK_MAX_BODY that arrived whole while the request waited its turn behind
+    a slow one: it was forwarded to the function with an empty body (the collected chunks dropped at
+    the limit, the size not checked when its turn came). It must be a 413, like the same body unqueued."""
+    slow = _post("/function/echo", {**_body(1), "probe": {"op": "sleep", "arg": 0.5}})
+    over = json.dumps({"x": [[2.0]], "pad": "a" * (MAX_BODY + 500)}).encode()
+    with gateway.connect() as sock:
+        sock.sendall(slow + _chunked("/function/echo", over) + _post("/function/echo", _body(3)))
+        answers = _responses(sock, 3)
+    assert [status for status, _, _ in answers] == [200, 413, 200], [(s, b[:200]) for s, _, b in answers]
+    assert json.loads(answers[1][2])["error"] == "payload_too_large"
+    assert _y(answers[2]) == [[3.0]]
+
+
+@pytest.mark.parametrize("why", ["wrong token", "no token", "over the limit", "oip wrong token"])
+def test_expect_100_continue_gets_no_100_before_a_refusal(gateway: Gateway, why: str) -> None:
+    path = "/v2/models/echo/infer" if why.startswith("oip") else "/function/echo"
+    auth = {"no token": "", "over the limit": AUTH}.get(why, "authorization: Bearer wrong\r\n")
+    length = MAX_BODY + 1 if why == "over the limit" else 13
+    with gateway.connect() as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\n{auth}expect: 100-continue\r\n"
+                     f"content-length: {length}\r\n\r\n".encode())
+        answers = _responses(sock, 1, timeout=30)
+    assert answers and answers[0][0] == (413 if why == "over the limit" else 401), answers
+    assert b"error" in answers[0][2]
+
+
+def test_expect_100_continue_with_a_good_request_gets_100_then_its_answer(gateway: Gateway) -> None:
+    data = json.dumps(_body(7)).encode()
+    with gateway.connect() as sock:
+        sock.sendall(f"POST /function/echo HTTP/1.1\r\nhost: x\r\n{AUTH}expect: 100-continue\r\n"
+                     f"content-length: {len(data)}\r\n\r\n".encode())
+        assert _responses(sock, 1)[0][0] == 100
+        sock.sendall(data)
+        assert _y(_responses(sock, 1)[0]) == [[7.0]]
+
+
+# --- paths and methods ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/function/echo%0D%0AGET%20/function/echo%20HTTP/1.1", "/function/ec%00ho",
+                                  "/function/echo%2F..%2Fx", "/function/%C3%A9cho", "/function/" + "a" * 5000,
+                                  "/function/echo:%0d%0a", "/function/", "/function/echo:0", "/v2/models/",
+                                  "/v2/models/ech%0Ao/infer", "/v2/models/echo/versions/%7B0%7D/infer"])
+def test_encoded_paths_are_a_clear_4xx_in_json(gateway: Gateway, path: str) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(_post(path, _body(1)) + _post("/function/echo", _body(2)))
+        answers = _responses(sock, 2)
+    assert 400 <= answers[0][0] < 500, answers[0]
+    assert json.loads(answers[0][2])["error"]
+    assert _y(answers[1]) == [[2.0]]  # the same connection goes on
+
+
+@pytest.mark.parametrize("path", [b"/function/\xc3\xa9cho", b"/function/echo?\xff", b"/v2/models/echo/\xff",
+                                  b"/function/e\x7f"])
+def test_raw_non_ascii_in_a_path_is_refused(gateway: Gateway, path: bytes) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(b"POST " + path + b" HTTP/1.1\r\nhost: x\r\n" + AUTH.encode() + b"content-length: 2\r\n\r\n{}")
+        answers = _responses(sock, 1)
+    assert answers and answers[0][0] == 400, answers
+
+
+def test_an_encoded_request_line_in_an_oip_path_smuggles_nothing(gateway: Gateway) -> None:
+    """CR LF and a second request line, encoded in a /v2/models path: the worker gets the path encoded
+    again (its 404), and no second answer comes on the connection."""
+    path = "/v2/models/echo/versions/1/infer%0D%0A%0D%0AGET%20/healthz%20HTTP/1.1%0D%0Ahost:%20w%0D%0A%0D%0A"
+    with gateway.connect() as sock:
+        sock.sendall(_post(path, {}) + _post("/function/echo", _body(5)))
+        answers = _responses(sock, 2)
+        assert _received(sock, 0.5) == b""
+    assert answers[0][0] == 404 and answers[0][1][b"x-fnpack-version"] == b"1", answers[0]
+    assert _y(answers[1]) == [[5.0]]
+
+
+def test_head_and_get(gateway: Gateway) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(f"GET /function/echo HTTP/1.1\r\nhost: x\r\n{AUTH}\r\n".encode())
+        assert _responses(sock, 1)[0][0] == 405
+        sock.sendall(f"HEAD /function/echo HTTP/1.1\r\nhost: x\r\n{AUTH}\r\n".encode())
+        status, headers, rest = _head(sock)
+        assert status == 405 and rest == b"" and int(headers[b"content-length"]) > 0
+        sock.sendall(f"GET /v2/models/echo HTTP/1.1\r\nhost: x\r\n{AUTH}\r\n".encode())
+        status, headers, metadata = _responses(sock, 1)[0]
+        assert status == 200 and json.loads(metadata)["name"] == "echo"
+        sock.sendall(f"HEAD /v2/models/echo HTTP/1.1\r\nhost: x\r\n{AUTH}\r\n".encode())
+        status, headers, rest = _head(sock)
+        assert status == 200 and rest == b"" and int(headers[b"content-length"]) == len(metadata)
+        sock.sendall(_post("/function/echo", _body(4)))  # the HEAD answer had no body: in step
+        assert _y(_responses(sock, 1)[0]) == [[4.0]]
+
+
+def test_http_1_0_gets_its_answer_and_the_connection_closes(gateway: Gateway) -> None:
+    for extra in (AUTH, AUTH + "connection: keep-alive\r\n"):
+        with gateway.connect() as sock:
+            sock.sendall(_post("/function/echo", _body(6), extra, "1.0"))
+            answers = _responses(sock, 2, timeout=30)
+        assert len(answers) == 1 and _y(answers[0]) == [[6.0]]
+        assert answers[0][1][b"connection"] == b"close"
+
+
+# --- floods, pipelines and clients that go --------------------------------------------------------
+
+
+def test_clients_that_hang_up_mid_body_mid_forward_or_with_requests_queued(gateway: Gateway) -> None:
+    slow = _post("/function/echo", {**_body(666), "probe": {"op": "sleep", "arg": 0.3}})
+    queued = _post("/function/echo", _body(667)) * 3 + b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+    for _ in range(5):
+        with gateway.connect() as sock:  # mid-body
+            request = _post("/function/echo", _body(665, 200))
+            sock.sendall(request[:-40])
+        with gateway.connect() as sock:  # mid-forward, requests queued behind it
+            sock.sendall(slow + queued)
+        with gateway.connect() as sock:  # waiting for 100 Continue
+            sock.sendall(f"POST /function/echo HTTP/1.1\r\nhost: x\r\n{AUTH}expect: 100-continue\r\n"
+                         "content-length: 13\r\n\r\n".encode())
+    time.sleep(1)  # the slow requests' answers come back to no one
+    _echo_again(gateway)
+
+
+def test_many_slow_clients_while_a_real_client_is_served(gateway: Gateway) -> None:
+    """Slow heads, bodies trickled and unfinished, held 100-continues, at once: a real client is served."""
+    held = []
+    try:
+        for i in range(60):
+            sock = gateway.connect()
+            kind = i % 3
+            if kind == 0:
+                sock.sendall(b"POST /function/echo HTTP/1.1\r\nhost: x\r\n")
+            elif kind == 1:
+                sock.sendall(_post("/function/echo", _body(1, 500))[:-100])
+            else:
+                sock.sendall(f"POST /function/echo HTTP/1.1\r\nhost: x\r\n{AUTH}expect: 100-continue\r\n"
+                             "content-length: 1000\r\n\r\n".encode())
+            held.append(sock)
+        _echo_again(gateway)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+# --- workers that die or hang ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("probe,status,kind", [({"op": "allocate", "arg": 900}, 502, "memory-limit"),
+                                               ({"op": "spin", "arg": 6}, 504, "timeout")])
+def test_a_worker_that_dies_or_overruns_is_a_json_error_and_the_connection_goes_on(
+        gateway: Gateway, probe: dict, status: int, kind: str) -> None:
+    with gateway.connect() as sock, gateway.connect() as other:
+        sock.sendall(_post("/function/echo", {**_body(1), "probe": probe}) + _post("/function/echo", _body(2)))
+        other.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")  # meanwhile, the gateway answers others
+        assert _responses(other, 1)[0][0] == 200
+        answers = _responses(sock, 2)
+    assert answers[0][0] == status and json.loads(answers[0][2])["error"] == kind, answers[0]
+    assert _y(answers[1]) == [[2.0]]
+    _echo_again(gateway)
+
+
+# --- SIGTERM --------------------------------------------------------------------------------------
+
+
+def test_sigterm_lets_requests_in_flight_finish(archive: str, tmp_path: Path) -> None:
+    with _gateway(tmp_path, archive) as gateway:
+        slow = [gateway.connect() for _ in range(2)]  # (the worker has a thread per core: 2 here)
+        for tag, sock in enumerate(slow):
+            sock.sendall(_post("/function/echo", {**_body(tag), "probe": {"op": "sleep", "arg": 1}}))
+        piped = gateway.connect()
+        piped.sendall(_post("/function/echo", {**_body(10), "probe": {"op": "sleep", "arg": 0.5}}) +
+                      _post("/function/echo", _body(11)))
+        unfinished = gateway.connect()
+        request = _post("/function/echo", _body(12))
+        unfinished.sendall(request[:-5])
+        time.sleep(0.5)
+        gateway.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        unfinished.sendall(request[-5:])  # its body completes after the signal
+        for tag, sock in enumerate(slow):
+            answer = _responses(sock, 1)[0]
+            assert _y(answer) == [[float(tag)]] and answer[1][b"connection"] == b"close"
+        assert [_y(answer) for answer in _responses(piped, 2)] == [[[10.0]], [[11.0]]]
+        assert _y(_responses(unfinished, 1)[0]) == [[12.0]]
+        for sock in (*slow, piped, unfinished):
+            sock.close()
+        gateway.process.wait(30)
+        assert gateway.failures() == []
