@@ -320,6 +320,62 @@ def test_http_1_0_gets_its_answer_and_the_connection_closes(gateway: Gateway) ->
 # --- floods, pipelines and clients that go --------------------------------------------------------
 
 
+def test_pipelined_floods_mixing_invocations_and_control_calls(gateway: Gateway) -> None:
+    """Several clients, each 300 requests in one write: invocations (both paths, refused or not) and
+    control calls; every answer in order, each with its own value, none lost."""
+    control = f"GET /api/v1/functions/echo/aliases HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {gateway.token}\r\n\r\n"
+
+    def client(worker: int) -> None:
+        requests, expected = [], []
+        for i in range(300):
+            tag, kind = float(worker * 1000 + i), (worker + i * 3) % 7
+            if kind == 0:
+                requests.append(_post("/function/echo", _body(tag)))
+                expected.append((200, lambda b, t=tag: json.loads(b)["y"] == [[t]]))
+            elif kind == 1:
+                requests.append(control.encode())
+                expected.append((200, lambda b: "live" in json.loads(b)["aliases"]))
+            elif kind == 2:
+                requests.append(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                expected.append((200, lambda b: json.loads(b) == {"status": "ok"}))
+            elif kind == 3:
+                requests.append(_post("/function/echo", _body(tag), ""))
+                expected.append((401, lambda b: json.loads(b)["error"] == "unauthorized"))
+            elif kind == 4:
+                tensor = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [tag]}]}
+                requests.append(_post("/v2/models/echo/infer", tensor))
+                expected.append((200, lambda b, t=tag: json.loads(b)["outputs"][0]["data"] == [t]))
+            elif kind == 5:
+                requests.append(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")  # no invoke token
+                expected.append((401, lambda b: json.loads(b)["error"] == "unauthorized"))
+            else:
+                requests.append(_post("/function/nope", _body(tag)))
+                expected.append((404, lambda b: json.loads(b)["error"] == "not-found"))
+        with gateway.connect() as sock:
+            sock.sendall(b"".join(requests))
+            answers = _responses(sock, len(requests))
+        assert len(answers) == len(requests), f"client {worker}: {len(answers)} of {len(requests)} answers"
+        for i, ((status, _, body), (want, check)) in enumerate(zip(answers, expected)):
+            assert status == want and check(body), f"client {worker}, request {i}: {status} {body[:200]!r}"
+
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(client, w) for w in range(4)]:
+            future.result()
+    assert gateway.failures() == []
+
+
+def test_metrics_without_the_invoke_token_is_a_401_and_the_connection_goes_on(gateway: Gateway) -> None:
+    """With an invoke token and the access log on, an unauthorized /metrics raised (an unset variable
+    of the access log) after its 401: a traceback per request, and the connection was closed, taking
+    the requests pipelined behind it."""
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n" + _post("/function/echo", _body(8)))
+        answers = _responses(sock, 2)
+    assert [status for status, _, _ in answers] == [401, 200], answers
+    assert _y(answers[1]) == [[8.0]]
+    assert gateway.failures() == []
+
+
 def test_clients_that_hang_up_mid_body_mid_forward_or_with_requests_queued(gateway: Gateway) -> None:
     slow = _post("/function/echo", {**_body(666), "probe": {"op": "sleep", "arg": 0.3}})
     queued = _post("/function/echo", _body(667)) * 3 + b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"

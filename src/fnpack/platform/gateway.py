@@ -331,12 +331,12 @@ class Gateway:
         if scope["type"] != "http":
             return await self.control(scope, receive, send)
         log = self.access_log
+        began = time.perf_counter()  # before the 401 below too: its access log line needs it
         if scope["path"] in _NEEDS_INVOKE_TOKEN and not self.invocations.may_invoke(scope["headers"]):
             status = await _send_unauthorized(send)
         elif log is None:
             return await self.control(scope, receive, send)
         else:
-            began = time.perf_counter()
             try:
                 status = await self._control_logged(scope, receive, send)
             except Exception:  # uvicorn logs the traceback (and answers 500 if nothing was sent yet)
