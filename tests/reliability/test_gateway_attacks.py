@@ -392,6 +392,22 @@ def test_clients_that_hang_up_mid_body_mid_forward_or_with_requests_queued(gatew
     _echo_again(gateway)
 
 
+def test_a_client_reset_with_requests_queued_leaves_no_traceback(gateway: Gateway) -> None:
+    """A client that resets its connection while its request is at a worker and another is queued
+    behind it: the answer was written to the closed transport (uvicorn marks only the newest request
+    as disconnected), which raised, logged a traceback and answered 500 to no one, per request."""
+    slow = _post("/function/echo", {**_body(669), "probe": {"op": "sleep", "arg": 0.3}})
+    for _ in range(4):
+        sock = gateway.connect()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+        sock.sendall(slow + _post("/function/echo", _body(670)))
+        time.sleep(0.05)
+        sock.close()
+    time.sleep(1)  # the answers come back to no one
+    _echo_again(gateway)
+    assert gateway.failures() == []
+
+
 def test_many_slow_clients_while_a_real_client_is_served(gateway: Gateway) -> None:
     """Slow heads, bodies trickled and unfinished, held 100-continues, at once: a real client is served."""
     held = []

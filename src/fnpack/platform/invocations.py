@@ -251,7 +251,9 @@ class Exchange:
         self.sent = True
         self.response_complete = True
         protocol = self.protocol
-        if not self.disconnected:
+        # Closing, not only `disconnected`: uvicorn marks only the newest request on a connection, and a
+        # write to a closed uvloop transport raises (a client gone while a request is queued behind this one).
+        if not self.disconnected and not protocol.transport.is_closing():
             head = [STATUS_LINE[status]]
             for name, value in headers if headers is not None else (_JSON,):
                 head += [name, b": ", value, b"\r\n"]
