@@ -408,6 +408,38 @@ def test_a_client_reset_with_requests_queued_leaves_no_traceback(gateway: Gatewa
     assert gateway.failures() == []
 
 
+def test_a_client_that_pipelines_and_never_reads_is_not_answered_into_memory(gateway: Gateway) -> None:
+    """2,000 pipelined invocations of ~14 kB answers from a client that reads nothing: the gateway used
+    to answer them all into its write buffer (every one processed, ~28 MB held for one connection,
+    for as long as the write timeout), where uvicorn's ASGI path waits for the client to read. Now an
+    answer waits while the client does not read, and the requests behind it with it. Once the client
+    reads, it gets every answer, in order."""
+    count, width = 2000, 2000
+    before = gateway.served()
+    greedy = gateway.connect(rcvbuf=4096)
+    requests = b"".join(_post("/function/echo", _body(tag, width)) for tag in range(count))
+
+    def flood() -> None:
+        with contextlib.suppress(OSError):
+            greedy.sendall(requests)
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    served, still = gateway.served() - before, 0
+    while served < count and still < 6:  # until all are served or none more is, for 3 s
+        time.sleep(0.5)
+        now = gateway.served() - before
+        still, served = (still + 1 if now == served else 0), now
+    # What the kernel's socket buffers hold (a few MB on loopback), not all of them.
+    assert served < count // 2, f"{served} of {count} answered to a client that reads nothing"
+    _echo_again(gateway, 3)  # meanwhile, others are served
+    answers = _responses(greedy, count)
+    greedy.close()
+    sender.join(30)
+    assert len(answers) == count
+    assert all(_y(answer) == [[float(tag)] * width] for tag, answer in enumerate(answers))
+
+
 def test_many_slow_clients_while_a_real_client_is_served(gateway: Gateway) -> None:
     """Slow heads, bodies trickled and unfinished, held 100-continues, at once: a real client is served."""
     held = []

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 
@@ -249,8 +250,14 @@ class Exchange:
     def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         """Write the answer (headers: content-type's included; content-length is added) and finish."""
         self.sent = True
-        self.response_complete = True
         protocol = self.protocol
+        if protocol.flow.write_paused and not self.disconnected and not protocol.transport.is_closing():
+            # The client is not reading its answers: this one waits until it does, and the requests
+            # pipelined behind it with it (uvicorn's ASGI send waits the same way). Else a client that
+            # pipelines and never reads has every answer buffered here, until the write timeout.
+            protocol.held = lambda: self.respond(status, body, headers)
+            return
+        self.response_complete = True
         # Closing, not only `disconnected`: uvicorn marks only the newest request on a connection, and a
         # write to a closed uvloop transport raises (a client gone while a request is queued behind this one).
         if not self.disconnected and not protocol.transport.is_closing():
@@ -290,6 +297,7 @@ class GatewayProtocol(BoundedHttpProtocol):
     """The gateway's HTTP protocol: invocations are taken here (Exchange), the rest goes to ASGI."""
 
     invocations: ClassVar[Invocations]
+    held: Callable[[], None] | None = None  # an answer waiting for the client to read those before it
 
     @classmethod
     def bound(cls, invocations: Invocations) -> type[GatewayProtocol]:
@@ -312,6 +320,19 @@ class GatewayProtocol(BoundedHttpProtocol):
         else:  # pipelined: its turn comes when the answer before it is complete (uvicorn's queue)
             self.flow.pause_reading()
             self.pipeline.appendleft((exchange, None))  # type: ignore[arg-type]
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._release_held()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._release_held()  # not written now: the transport is closed; logged, and the request finished
+
+    def _release_held(self) -> None:
+        held, self.held = self.held, None
+        if held is not None:
+            held()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if cycle.__class__ is Exchange:  # the next pipelined request: later, not within the answer before it
