@@ -71,6 +71,62 @@ GOALS: dict[str, tuple[float, str, str]] = {
     "workers_after_scale_to_zero": (0, "==", ""),
 }
 
+# The floor of any forwarding hop: the least a proxy in front of a worker can do in Python, in callbacks
+# on uvloop (what the gateway's invocation path does, without its checks, routing, limits, metrics or
+# access log): parse the head and body with httptools, write the request to a kept-alive upstream
+# connection, write the answer back. It forwards to the runtime alone over TCP (the platform's workers
+# listen on Unix sockets, which cost a little less).
+FLOOR_PROXY = """\
+import asyncio, sys, httptools, uvloop
+LISTEN, UPSTREAM = int(sys.argv[1]), int(sys.argv[2])
+idle = []
+class Upstream(asyncio.Protocol):
+    def __init__(self):
+        self.parser, self.client, self.chunks = httptools.HttpResponseParser(self), None, []
+    def connection_made(self, transport):
+        self.transport = transport
+    def connection_lost(self, exc):  # the server's keep-alive timeout
+        if self in idle:
+            idle.remove(self)
+    def data_received(self, data):
+        self.parser.feed_data(data)
+    def on_message_begin(self):
+        self.chunks = []
+    def on_body(self, body):
+        self.chunks.append(body)
+    def on_message_complete(self):
+        body, client, self.client = b"".join(self.chunks), self.client, None
+        client.transport.write(b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: %d\\r\\n\\r\\n"
+                               % len(body) + body)
+        idle.append(self)
+class Client(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.parser, self.chunks = transport, httptools.HttpRequestParser(self), []
+    def data_received(self, data):
+        self.parser.feed_data(data)
+    def on_message_begin(self):
+        self.chunks = []
+    def on_body(self, body):
+        self.chunks.append(body)
+    def on_message_complete(self):
+        body = b"".join(self.chunks)
+        if idle:
+            self.send(idle.pop(), body)
+        else:
+            asyncio.ensure_future(self.connect(body))
+    async def connect(self, body):
+        _, upstream = await asyncio.get_running_loop().create_connection(Upstream, "127.0.0.1", UPSTREAM)
+        self.send(upstream, body)
+    def send(self, upstream, body):
+        upstream.client = self
+        upstream.transport.write(b"POST /invoke HTTP/1.1\\r\\nhost: w\\r\\ncontent-type: application/json\\r\\n"
+                                 b"content-length: %d\\r\\n\\r\\n" % len(body) + body)
+async def main():
+    server = await asyncio.get_running_loop().create_server(Client, "127.0.0.1", LISTEN, backlog=2048)
+    await server.serve_forever()
+uvloop.run(main())
+"""
+
 # B0 kept alive for the memory part: the same script as the cold-start B0, then it says so and sleeps.
 BARE_IDLE = rt.BARE_COLD + "\nsys.stdout.write('\\n')\nsys.stdout.flush()\nimport time\ntime.sleep(3600)\n"
 
@@ -740,6 +796,11 @@ def bench(quick: bool, keep: bool) -> dict[str, Any]:
                 started[name] = procs[-1]
             for name, proc in started.items():
                 wait_listening(ports[name], proc, tmp / f"{name}.log")
+            ports["floor"] = rt.free_port()
+            start(["taskset", "-c", "0", sys.executable, "-c", FLOOR_PROXY, str(ports["floor"]), str(ports["runtime"])],
+                  tmp / "floor.log", procs, cwd=tmp)
+            started["floor"] = procs[-1]
+            wait_listening(ports["floor"], procs[-1], tmp / "floor.log")
             main_counts, info_counts = (64, 8, 1), (8,)
             sides = {"platform": (f"{pinned.url}/function/{FUNCTION}",
                                   lambda: {"gateway": pinned.pid, "worker": pinned.worker_pid(1)}, main_counts),
@@ -747,6 +808,8 @@ def bench(quick: bool, keep: bool) -> dict[str, Any]:
                                  lambda: {"server": started["runtime"].pid}, main_counts),
                      "starlette": (f"http://127.0.0.1:{ports['starlette']}/invoke",
                                    lambda: {"server": started["starlette"].pid}, main_counts),
+                     "floor": (f"http://127.0.0.1:{ports['floor']}/invoke",
+                               lambda: {"proxy": started["floor"].pid, "server": started["runtime"].pid}, main_counts),
                      "fastapi": (f"http://127.0.0.1:{ports['fastapi']}/invoke",
                                  lambda: {"server": started["fastapi"].pid}, info_counts),
                      "platform unpinned": (f"{gw.url}/function/{FUNCTION}",
@@ -778,6 +841,11 @@ def bench(quick: bool, keep: bool) -> dict[str, Any]:
         "rps_vs_runtime[8]": round_ratio(http, "platform", "runtime", 8),
         "p50_vs_runtime[1]": round_ratio(http, "platform", "runtime", 1, "p50_ms"),
         "rps_vs_fastapi[8]": round_ratio(http, "platform", "fastapi", 8),
+        "floor_vs_starlette[64]": round_ratio(http, "floor", "starlette", 64),
+        "floor_vs_starlette[8]": round_ratio(http, "floor", "starlette", 8),
+        "floor_vs_runtime[64]": round_ratio(http, "floor", "runtime", 64),
+        "floor_vs_runtime[8]": round_ratio(http, "floor", "runtime", 8),
+        "floor_p50_vs_runtime[1]": round_ratio(http, "floor", "runtime", 1, "p50_ms"),
         "alias_failed_requests": moves["failed"],
         "move_visibility_violations": moves["visibility_violations"],
         "canary_share_error_points": share["error_points"],
@@ -877,6 +945,10 @@ def report(f: dict[str, Any]) -> str:
                      cell("starlette", c, "p99_ms"), f"{round_ratio(http, 'platform', 'starlette', c, 'p99_ms'):.2f}x",
                      "", f"{round_ratio(http, 'platform', 'runtime', c, 'p99_ms'):.2f}x", ""))
     lines += rt.table(rows)
+    lines.append("   the floor of a hop (a bare callback proxy in front of the runtime alone, core 0; FLOOR_PROXY): "
+                 + ", ".join(f"{c} connections {cell('floor', c, 'rps')}/s = {f[f'floor_vs_starlette[{c}]']:.2f}x "
+                             f"Starlette, {f[f'floor_vs_runtime[{c}]']:.2f}x the runtime" for c in (64, 8))
+                 + f"; p50 at 1 connection {cell('floor', 1, 'p50_ms')} = {f['floor_p50_vs_runtime[1]']:.2f}x the runtime")
     fa, u = http["fastapi"]["8"], http["platform unpinned"]["8"]
     lines.append(f"   for information, 8 connections: FastAPI {fa['rps']:.0f} requests/s (platform "
                  f"{f['rps_vs_fastapi[8]']:.2f}x); the platform unpinned (both cores, wrk on core 1) {u['rps']:.0f}")
