@@ -80,34 +80,29 @@ FLOOR_PROXY = """\
 import asyncio, sys, httptools, uvloop
 LISTEN, UPSTREAM = int(sys.argv[1]), int(sys.argv[2])
 idle = []
-class Upstream(asyncio.Protocol):
-    def __init__(self):
-        self.parser, self.client, self.chunks = httptools.HttpResponseParser(self), None, []
+class Collecting(asyncio.Protocol):  # a message's body, parsed by self.parser
     def connection_made(self, transport):
-        self.transport = transport
-    def connection_lost(self, exc):  # the server's keep-alive timeout
-        if self in idle:
-            idle.remove(self)
+        self.transport, self.chunks = transport, []
     def data_received(self, data):
         self.parser.feed_data(data)
     def on_message_begin(self):
         self.chunks = []
     def on_body(self, body):
         self.chunks.append(body)
+class Upstream(Collecting):
+    def __init__(self):
+        self.parser, self.client = httptools.HttpResponseParser(self), None
+    def connection_lost(self, exc):  # the server's keep-alive timeout
+        if self in idle:
+            idle.remove(self)
     def on_message_complete(self):
         body, client, self.client = b"".join(self.chunks), self.client, None
         client.transport.write(b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: %d\\r\\n\\r\\n"
                                % len(body) + body)
         idle.append(self)
-class Client(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport, self.parser, self.chunks = transport, httptools.HttpRequestParser(self), []
-    def data_received(self, data):
-        self.parser.feed_data(data)
-    def on_message_begin(self):
-        self.chunks = []
-    def on_body(self, body):
-        self.chunks.append(body)
+class Client(Collecting):
+    def __init__(self):
+        self.parser = httptools.HttpRequestParser(self)
     def on_message_complete(self):
         body = b"".join(self.chunks)
         if idle:

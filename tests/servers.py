@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httptools
 import httpx
 
 
@@ -135,3 +136,39 @@ def session_processes(sid: int) -> list[int]:
         if int(fields[3]) == sid and fields[0] != "Z":
             found.append(int(entry.name))
     return found
+
+
+# --- raw HTTP ------------------------------------------------------------------------------------
+
+Answer = tuple[int, dict[bytes, bytes], bytes]
+
+
+def read_responses(sock: socket.socket, count: int, timeout: float = 60) -> list[Answer]:
+    """Read `count` responses off `sock` (interim ones count), in order; fewer if the gateway closes."""
+    answers: list[Answer] = []
+
+    class Collect:
+        def on_message_begin(self) -> None:
+            self.headers: dict[bytes, bytes] = {}
+            self.body = b""
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers[name.lower()] = value
+
+        def on_body(self, body: bytes) -> None:
+            self.body += body
+
+        def on_message_complete(self) -> None:
+            answers.append((parser.get_status_code(), self.headers, self.body))
+
+    parser = httptools.HttpResponseParser(Collect())
+    sock.settimeout(timeout)
+    while len(answers) < count:
+        try:
+            data = sock.recv(1 << 16)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        parser.feed_data(data)
+    return answers

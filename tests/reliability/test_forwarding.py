@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httptools
 import httpx
 import pytest
 
 from functions import build_probe
-from servers import platform
+from servers import platform, read_responses
 
 pytestmark = pytest.mark.slow
 
@@ -128,33 +127,6 @@ def test_a_request_line_smuggled_in_an_encoded_path_reaches_no_other_client(echo
             future.result()
 
 
-def _responses(sock: socket.socket, count: int, timeout: float = 60) -> list[tuple[int, dict[bytes, bytes], bytes]]:
-    """Read `count` HTTP/1.1 responses off `sock`, in the order they come."""
-    answers: list[tuple[int, dict[bytes, bytes], bytes]] = []
-
-    class Collect:
-        def on_message_begin(self) -> None:
-            self.headers: dict[bytes, bytes] = {}
-            self.body = b""
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self.headers[name.lower()] = value
-
-        def on_body(self, body: bytes) -> None:
-            self.body += body
-
-        def on_message_complete(self) -> None:
-            answers.append((parser.get_status_code(), self.headers, self.body))
-
-    parser = httptools.HttpResponseParser(Collect())
-    sock.settimeout(timeout)
-    while len(answers) < count:
-        data = sock.recv(1 << 16)
-        assert data, f"the gateway closed the connection after {len(answers)} of {count} answers"
-        parser.feed_data(data)
-    return answers
-
-
 def _post(path: str, body: dict, extra: str = "") -> bytes:
     data = json.dumps(body).encode()
     return (f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{extra}"
@@ -175,7 +147,8 @@ def test_pipelined_requests_are_answered_in_order_each_with_its_own(echo: str) -
     requests += [wrong_method] * 3000 + [_post("/function/echo", _body(5))]
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(b"".join(requests))
-        answers = _responses(sock, len(requests) + 1)  # + the interim 100 Continue
+        answers = read_responses(sock, len(requests) + 1)  # + the interim 100 Continue
+    assert len(answers) == len(requests) + 1, f"the gateway closed the connection after {len(answers)} answers"
     statuses = [status for status, _, _ in answers]
     assert statuses[:7] == [200, 200, 200, 405, 100, 200, 200], statuses[:8]
     assert json.loads(answers[0][2])["y"] == [[1.0] * 4]

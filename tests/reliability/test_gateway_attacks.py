@@ -24,12 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import httptools
 import httpx
 import pytest
 
 from functions import build_probe
-from servers import free_port, reachable, stop, wait_ready
+from servers import Answer, free_port, reachable, read_responses, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +88,7 @@ def _gateway(tmp: Path, archive: str, env: dict[str, str] | None = None) -> Iter
         gateway = Gateway(port, process, log, token)
         with gateway.connect() as sock:  # warm: a worker is ready
             sock.sendall(_post("/function/echo", _body(0)))
-            assert _responses(sock, 1)[0][0] == 200
+            assert read_responses(sock, 1)[0][0] == 200
         yield gateway
     finally:
         stop(process)
@@ -111,40 +110,6 @@ def gateway(archive: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 # --- raw HTTP ------------------------------------------------------------------------------------
-
-Answer = tuple[int, dict[bytes, bytes], bytes]
-
-
-def _responses(sock: socket.socket, count: int, timeout: float = 60) -> list[Answer]:
-    """Read `count` responses off `sock` (interim ones count), in order; fewer if the gateway closes."""
-    answers: list[Answer] = []
-
-    class Collect:
-        def on_message_begin(self) -> None:
-            self.headers: dict[bytes, bytes] = {}
-            self.body = b""
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self.headers[name.lower()] = value
-
-        def on_body(self, body: bytes) -> None:
-            self.body += body
-
-        def on_message_complete(self) -> None:
-            answers.append((parser.get_status_code(), self.headers, self.body))
-
-    parser = httptools.HttpResponseParser(Collect())
-    sock.settimeout(timeout)
-    while len(answers) < count:
-        try:
-            data = sock.recv(1 << 16)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        parser.feed_data(data)
-    return answers
-
 
 def _head(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:
     """The answer to a HEAD: its status, headers and whatever came after them (nothing, in step)."""
@@ -201,7 +166,7 @@ def _echo_again(gateway: Gateway, count: int = 20) -> None:
     with gateway.connect() as sock:
         for tag in range(count):
             sock.sendall(_post("/function/echo", _body(1000 + tag)))
-            assert _y(_responses(sock, 1)[0]) == [[1000.0 + tag]]
+            assert _y(read_responses(sock, 1)[0]) == [[1000.0 + tag]]
 
 
 # --- bodies, limits and Expect -------------------------------------------------------------------
@@ -211,7 +176,7 @@ def test_bodies_at_and_over_the_limit(gateway: Gateway) -> None:
     with gateway.connect() as sock:
         sock.sendall(_post("/function/echo", _sized(MAX_BODY)) + _post("/function/echo", _sized(MAX_BODY + 1)) +
                      _chunked("/function/echo", _sized(MAX_BODY + 1)) + _chunked("/function/echo", _sized(MAX_BODY)))
-        answers = _responses(sock, 4)
+        answers = read_responses(sock, 4)
     assert [status for status, _, _ in answers] == [200, 413, 413, 200], answers
     assert json.loads(answers[1][2])["error"] == "payload_too_large"
     assert json.loads(answers[2][2])["error"] == "payload_too_large"
@@ -225,7 +190,7 @@ def test_a_pipelined_chunked_body_over_the_limit_is_refused_not_forwarded_empty(
     over = json.dumps({"x": [[2.0]], "pad": "a" * (MAX_BODY + 500)}).encode()
     with gateway.connect() as sock:
         sock.sendall(slow + _chunked("/function/echo", over) + _post("/function/echo", _body(3)))
-        answers = _responses(sock, 3)
+        answers = read_responses(sock, 3)
     assert [status for status, _, _ in answers] == [200, 413, 200], [(s, b[:200]) for s, _, b in answers]
     assert json.loads(answers[1][2])["error"] == "payload_too_large"
     assert _y(answers[2]) == [[3.0]]
@@ -239,7 +204,7 @@ def test_expect_100_continue_gets_no_100_before_a_refusal(gateway: Gateway, why:
     with gateway.connect() as sock:
         sock.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\n{auth}expect: 100-continue\r\n"
                      f"content-length: {length}\r\n\r\n".encode())
-        answers = _responses(sock, 1, timeout=30)
+        answers = read_responses(sock, 1, timeout=30)
     assert answers and answers[0][0] == (413 if why == "over the limit" else 401), answers
     assert b"error" in answers[0][2]
 
@@ -249,9 +214,9 @@ def test_expect_100_continue_with_a_good_request_gets_100_then_its_answer(gatewa
     with gateway.connect() as sock:
         sock.sendall(f"POST /function/echo HTTP/1.1\r\nhost: x\r\n{AUTH}expect: 100-continue\r\n"
                      f"content-length: {len(data)}\r\n\r\n".encode())
-        assert _responses(sock, 1)[0][0] == 100
+        assert read_responses(sock, 1)[0][0] == 100
         sock.sendall(data)
-        assert _y(_responses(sock, 1)[0]) == [[7.0]]
+        assert _y(read_responses(sock, 1)[0]) == [[7.0]]
 
 
 # --- paths and methods ---------------------------------------------------------------------------
@@ -264,7 +229,7 @@ def test_expect_100_continue_with_a_good_request_gets_100_then_its_answer(gatewa
 def test_encoded_paths_are_a_clear_4xx_in_json(gateway: Gateway, path: str) -> None:
     with gateway.connect() as sock:
         sock.sendall(_post(path, _body(1)) + _post("/function/echo", _body(2)))
-        answers = _responses(sock, 2)
+        answers = read_responses(sock, 2)
     assert 400 <= answers[0][0] < 500, answers[0]
     assert json.loads(answers[0][2])["error"]
     assert _y(answers[1]) == [[2.0]]  # the same connection goes on
@@ -275,7 +240,7 @@ def test_encoded_paths_are_a_clear_4xx_in_json(gateway: Gateway, path: str) -> N
 def test_raw_non_ascii_in_a_path_is_refused(gateway: Gateway, path: bytes) -> None:
     with gateway.connect() as sock:
         sock.sendall(b"POST " + path + b" HTTP/1.1\r\nhost: x\r\n" + AUTH.encode() + b"content-length: 2\r\n\r\n{}")
-        answers = _responses(sock, 1)
+        answers = read_responses(sock, 1)
     assert answers and answers[0][0] == 400, answers
 
 
@@ -285,7 +250,7 @@ def test_an_encoded_request_line_in_an_oip_path_smuggles_nothing(gateway: Gatewa
     path = "/v2/models/echo/versions/1/infer%0D%0A%0D%0AGET%20/healthz%20HTTP/1.1%0D%0Ahost:%20w%0D%0A%0D%0A"
     with gateway.connect() as sock:
         sock.sendall(_post(path, {}) + _post("/function/echo", _body(5)))
-        answers = _responses(sock, 2)
+        answers = read_responses(sock, 2)
         assert _received(sock, 0.5) == b""
     assert answers[0][0] == 404 and answers[0][1][b"x-fnpack-version"] == b"1", answers[0]
     assert _y(answers[1]) == [[5.0]]
@@ -294,25 +259,25 @@ def test_an_encoded_request_line_in_an_oip_path_smuggles_nothing(gateway: Gatewa
 def test_head_and_get(gateway: Gateway) -> None:
     with gateway.connect() as sock:
         sock.sendall(f"GET /function/echo HTTP/1.1\r\nhost: x\r\n{AUTH}\r\n".encode())
-        assert _responses(sock, 1)[0][0] == 405
+        assert read_responses(sock, 1)[0][0] == 405
         sock.sendall(f"HEAD /function/echo HTTP/1.1\r\nhost: x\r\n{AUTH}\r\n".encode())
         status, headers, rest = _head(sock)
         assert status == 405 and rest == b"" and int(headers[b"content-length"]) > 0
         sock.sendall(f"GET /v2/models/echo HTTP/1.1\r\nhost: x\r\n{AUTH}\r\n".encode())
-        status, headers, metadata = _responses(sock, 1)[0]
+        status, headers, metadata = read_responses(sock, 1)[0]
         assert status == 200 and json.loads(metadata)["name"] == "echo"
         sock.sendall(f"HEAD /v2/models/echo HTTP/1.1\r\nhost: x\r\n{AUTH}\r\n".encode())
         status, headers, rest = _head(sock)
         assert status == 200 and rest == b"" and int(headers[b"content-length"]) == len(metadata)
         sock.sendall(_post("/function/echo", _body(4)))  # the HEAD answer had no body: in step
-        assert _y(_responses(sock, 1)[0]) == [[4.0]]
+        assert _y(read_responses(sock, 1)[0]) == [[4.0]]
 
 
 def test_http_1_0_gets_its_answer_and_the_connection_closes(gateway: Gateway) -> None:
     for extra in (AUTH, AUTH + "connection: keep-alive\r\n"):
         with gateway.connect() as sock:
             sock.sendall(_post("/function/echo", _body(6), extra, "1.0"))
-            answers = _responses(sock, 2, timeout=30)
+            answers = read_responses(sock, 2, timeout=30)
         assert len(answers) == 1 and _y(answers[0]) == [[6.0]]
         assert answers[0][1][b"connection"] == b"close"
 
@@ -353,7 +318,7 @@ def test_pipelined_floods_mixing_invocations_and_control_calls(gateway: Gateway)
                 expected.append((404, lambda b: json.loads(b)["error"] == "not-found"))
         with gateway.connect() as sock:
             sock.sendall(b"".join(requests))
-            answers = _responses(sock, len(requests))
+            answers = read_responses(sock, len(requests))
         assert len(answers) == len(requests), f"client {worker}: {len(answers)} of {len(requests)} answers"
         for i, ((status, _, body), (want, check)) in enumerate(zip(answers, expected)):
             assert status == want and check(body), f"client {worker}, request {i}: {status} {body[:200]!r}"
@@ -370,7 +335,7 @@ def test_metrics_without_the_invoke_token_is_a_401_and_the_connection_goes_on(ga
     the requests pipelined behind it."""
     with gateway.connect() as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n" + _post("/function/echo", _body(8)))
-        answers = _responses(sock, 2)
+        answers = read_responses(sock, 2)
     assert [status for status, _, _ in answers] == [401, 200], answers
     assert _y(answers[1]) == [[8.0]]
     assert gateway.failures() == []
@@ -433,7 +398,7 @@ def test_a_client_that_pipelines_and_never_reads_is_not_answered_into_memory(gat
     # What the kernel's socket buffers hold (a few MB on loopback), not all of them.
     assert served < count // 2, f"{served} of {count} answered to a client that reads nothing"
     _echo_again(gateway, 3)  # meanwhile, others are served
-    answers = _responses(greedy, count)
+    answers = read_responses(greedy, count)
     greedy.close()
     sender.join(30)
     assert len(answers) == count
@@ -471,8 +436,8 @@ def test_a_worker_that_dies_or_overruns_is_a_json_error_and_the_connection_goes_
     with gateway.connect() as sock, gateway.connect() as other:
         sock.sendall(_post("/function/echo", {**_body(1), "probe": probe}) + _post("/function/echo", _body(2)))
         other.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")  # meanwhile, the gateway answers others
-        assert _responses(other, 1)[0][0] == 200
-        answers = _responses(sock, 2)
+        assert read_responses(other, 1)[0][0] == 200
+        answers = read_responses(sock, 2)
     assert answers[0][0] == status and json.loads(answers[0][2])["error"] == kind, answers[0]
     assert _y(answers[1]) == [[2.0]]
     _echo_again(gateway)
@@ -497,10 +462,10 @@ def test_sigterm_lets_requests_in_flight_finish(archive: str, tmp_path: Path) ->
         time.sleep(0.3)
         unfinished.sendall(request[-5:])  # its body completes after the signal
         for tag, sock in enumerate(slow):
-            answer = _responses(sock, 1)[0]
+            answer = read_responses(sock, 1)[0]
             assert _y(answer) == [[float(tag)]] and answer[1][b"connection"] == b"close"
-        assert [_y(answer) for answer in _responses(piped, 2)] == [[[10.0]], [[11.0]]]
-        assert _y(_responses(unfinished, 1)[0]) == [[12.0]]
+        assert [_y(answer) for answer in read_responses(piped, 2)] == [[[10.0]], [[11.0]]]
+        assert _y(read_responses(unfinished, 1)[0]) == [[12.0]]
         for sock in (*slow, piped, unfinished):
             sock.close()
         gateway.process.wait(30)
