@@ -258,6 +258,10 @@ class Exchange:
             protocol.held = lambda: self.respond(status, body, headers)
             return
         self.response_complete = True
+        if self.expect_continue and not self.body_done:
+            # Answered before the body it was told to send (RFC 9110 10.1.1): the client may never send
+            # it, and what it sends next would be read as this body. The connection ends with this answer.
+            self.keep_alive = False
         # Closing, not only `disconnected`: uvicorn marks only the newest request on a connection, and a
         # write to a closed uvloop transport raises (a client gone while a request is queued behind this one).
         if not self.disconnected and not protocol.transport.is_closing():
