@@ -118,7 +118,7 @@ class Exchange:
         self.headers = headers
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
-        self.began = time.perf_counter()
+        self.began = 0.0  # set when its turn comes (begin): a pipelined request is timed from then
         self.oip = raw_path.startswith(b"/v2/")
         self.chunks: list[bytes] = []
         self.size = 0
