@@ -8,6 +8,8 @@ error as a result. Without `--json`, results go to stdout and `error:` / `hint:`
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 import json
 import re
@@ -190,21 +192,36 @@ def _metavar(option: Any) -> str:
 
 
 def _plain_types() -> None:
-    """Typer (0.2x, with its own copy of click) shows each parameter's Python type in help: `--json <bool>`,
+    """Typer (0.28, with its own copy of click) shows each parameter's Python type in help: `--json <bool>`,
     `archive <path>`, `--target <str>`. Show nothing for flags and arguments (the name says it) and a
     metavar (`--out DIR`, or the option's name) for options that take a value. Typer has no setting for
-    this, so its two display methods are replaced here, once, for every command (the platform's too)."""
+    this: options get a metavar when they are made, and each argument's type a metavar of "" (the rich
+    help prints `<TYPE>` only for a type whose metavar is None), once, for every command (the platform's too)."""
     core = typer.core
-    option_class, argument_class = getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)
-    if option_class is not None and hasattr(option_class, "display_type_rich"):
-        def option_type(self: Any, ctx: Any) -> Optional[str]:
-            if self.is_flag or self.count:
-                return None
-            return self.metavar or _metavar(self)
+    option_init, argument_init = core.TyperOption.__init__, core.TyperArgument.__init__
 
-        option_class.display_type_rich = option_type
-    if argument_class is not None and hasattr(argument_class, "display_type_rich"):
-        argument_class.display_type_rich = lambda self, ctx: None
+    def option(self: Any, *args: Any, **kwargs: Any) -> None:
+        option_init(self, *args, **kwargs)
+        if not (self.is_flag or self.count or self.metavar):
+            self.metavar = _metavar(self)
+
+    def argument(self: Any, *args: Any, **kwargs: Any) -> None:
+        argument_init(self, *args, **kwargs)
+        self.type = _untyped(self.type)
+
+    core.TyperOption.__init__, core.TyperArgument.__init__ = option, argument
+
+
+def _untyped(param_type: Any) -> Any:
+    """A copy of a click type whose metavar is "" (still an instance of its class: conversion is unchanged)."""
+    untyped = copy.copy(param_type)
+    untyped.__class__ = _untyped_class(type(param_type))
+    return untyped
+
+
+@functools.cache
+def _untyped_class(cls: type) -> type:
+    return type(cls.__name__, (cls,), {"get_metavar": lambda self, param, ctx=None: ""})
 
 
 _plain_types()
