@@ -265,6 +265,67 @@ def test_unpack_wrong_hash(archive: tuple[Path, str], tmp_path: Path) -> None:
     assert list(root.iterdir()) == []
 
 
+def two_versions(tmp_path: Path, second: dict[str, bytes]) -> tuple[Path, Path, str]:
+    """v1 (FILES) unpacked under tmp_path/unpacked, and v2's archive with `second`: its tree, archive, sha256."""
+    first = tmp_path / "v1.zip"
+    tree = unpack_archive(first, make_archive(first), tmp_path / "unpacked")
+    path = tmp_path / "v2.zip"
+    return tree, path, make_archive(path, second)
+
+
+def test_unpack_links_the_files_an_earlier_tree_holds_and_inflates_the_rest(tmp_path: Path) -> None:
+    changed = {**FILES, "a.txt": b"v2's own code\n", "extra/c.txt": b"new in v2"}
+    v1, path, sha = two_versions(tmp_path, changed)
+    v2 = unpack_archive(path, sha, tmp_path / "unpacked", reuse=[tmp_path / "nowhere", v1])
+    for name, data in changed.items():
+        assert (v2 / name).read_bytes() == data
+    assert (v2 / "model/b.bin").stat().st_ino == (v1 / "model/b.bin").stat().st_ino  # linked, not inflated
+    assert (v2 / "a.txt").stat().st_ino != (v1 / "a.txt").stat().st_ino
+    assert (v1 / "a.txt").read_bytes() == FILES["a.txt"]  # v1 untouched
+
+
+def test_a_file_changed_in_the_earlier_tree_is_inflated_not_linked(tmp_path: Path) -> None:
+    v1, path, sha = two_versions(tmp_path, FILES | {"a.txt": b"v2"})
+    (v1 / "model/b.bin").write_bytes(b"planted" + FILES["model/b.bin"][7:])  # same size, other bytes
+    v2 = unpack_archive(path, sha, tmp_path / "unpacked", reuse=[v1])
+    assert (v2 / "model/b.bin").read_bytes() == FILES["model/b.bin"]
+    assert (v2 / "model/b.bin").stat().st_ino != (v1 / "model/b.bin").stat().st_ino
+
+
+@pytest.mark.parametrize("planted", ["symlink", "escaping name", "unreadable manifest"])
+def test_an_earlier_tree_cannot_make_the_unpack_link_a_file_from_elsewhere(tmp_path: Path, planted: str) -> None:
+    """The earlier tree's manifest and files are a hint only: a symlink in a file's place, a manifest naming a
+    path outside the tree, a manifest that is not JSON: the file is inflated from the archive."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(FILES["model/b.bin"])  # the bytes the new archive wants, outside any tree
+    v1, path, sha = two_versions(tmp_path, FILES | {"a.txt": b"v2"})
+    if planted == "symlink":
+        (v1 / "model/b.bin").unlink()
+        (v1 / "model/b.bin").symlink_to(secret)
+    elif planted == "escaping name":
+        manifest = json.loads((v1 / "fnpack.json").read_text())
+        manifest["files"] = {"../../secret.bin": manifest["files"]["model/b.bin"]}
+        (v1 / "fnpack.json").write_text(json.dumps(manifest))
+    else:
+        (v1 / "fnpack.json").write_text("{" * 100_000)
+    v2 = unpack_archive(path, sha, tmp_path / "unpacked", reuse=[v1])
+    got = v2 / "model/b.bin"
+    assert got.read_bytes() == FILES["model/b.bin"] and not got.is_symlink()
+    assert got.stat().st_ino != secret.stat().st_ino and got.stat().st_nlink == 1
+
+
+def test_an_archive_opened_by_the_caller_is_not_hashed_again_and_must_be_the_one_named(tmp_path: Path) -> None:
+    from fnpack.archive import open_archive
+
+    path = tmp_path / "a.zip"
+    sha = make_archive(path)
+    with open_archive(path) as opened:
+        with pytest.raises(ArchiveError, match="sha256 mismatch"):
+            unpack_archive(opened, "d" * 64, tmp_path / "unpacked")
+        assert_unpacked(unpack_archive(opened, sha, tmp_path / "unpacked"))
+        assert opened.read("a.txt") == FILES["a.txt"]  # still open: the caller closes it
+
+
 # --- s3:// against a real moto_server ---------------------------------------------------------
 
 

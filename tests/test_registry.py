@@ -43,6 +43,22 @@ def test_the_same_archive_twice_is_the_same_version(tmp_path):
     assert first == again and (created, created_again) == (True, False)
 
 
+def test_an_upload_handed_over_is_moved_into_the_store_and_the_same_bytes_again_keep_the_stored_copy(tmp_path):
+    import hashlib
+
+    registry = Registry(tmp_path / "state")
+    upload = archive(tmp_path, "uploaded")
+    sha256 = hashlib.sha256(b"uploaded").hexdigest()
+    inode = upload.stat().st_ino
+    version, created = registry.deploy(upload, "iris", {}, "ana", handed_over=sha256)
+    stored = registry.archive_path(sha256)
+    assert created and version.sha256 == sha256 and not upload.exists()
+    assert stored.read_text() == "uploaded" and stored.stat().st_ino == inode  # moved, not copied
+    again = archive(tmp_path, "uploaded")
+    assert registry.deploy(again, "iris", {}, "bo", handed_over=sha256) == (version, False)
+    assert again.exists() and stored.stat().st_ino == inode  # the stored copy is kept; the caller drops its own
+
+
 def _deploy_many(state: str, folder: str, tag: str) -> None:
     registry = Registry(state)
     for i in range(10):

@@ -158,6 +158,37 @@ def test_deploying_the_same_archive_again_leaves_its_tree_to_its_function(platfo
         time.sleep(0.2)
 
 
+def test_a_new_version_links_the_files_its_function_had_and_never_another_functions(
+        platform: Platform, tmp_path: Path) -> None:
+    """v2 of the prober (another spec, the same code and dependencies) is unpacked by hard-linking the files
+    it shares with v1 instead of inflating them, from the prober's own trees only: the victim holds the very
+    same numpy files, and none of them is linked. The linked files stay read-only to the function."""
+    v2 = build_probe(tmp_path / "prober-v2", "prober", tmp_path / "dist",
+                     {"resources": {"timeout": 2, "memory": 128}, "scaling": {"max": 1}})
+    control = httpx.Client(base_url=platform.url, timeout=60,
+                           headers={"authorization": f"Bearer {(platform.state / 'token').read_text().strip()}"})
+    deployed = control.post("/api/v1/functions/prober/versions", content=Path(v2["archive"]).read_bytes())
+    assert deployed.status_code == 201, deployed.text
+    tree, v1, victim = platform.state / "unpacked" / v2["sha256"], platform.trees["prober"], platform.trees["victim"]
+
+    def inodes(root: Path) -> dict[int, str]:
+        return {p.stat().st_ino: str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.stat().st_size}
+
+    shared = set(inodes(tree)) & set(inodes(v1))
+    assert "numpy/__init__.py" in {inodes(v1)[i] for i in shared} and len(shared) > 100
+    assert (victim / "numpy" / "__init__.py").read_bytes() == (tree / "numpy" / "__init__.py").read_bytes()
+    assert not set(inodes(tree)) & set(inodes(victim))
+    number = deployed.json()["version"]["number"]
+    assert control.put("/api/v1/functions/prober/aliases/live", json={"primary": number}).status_code == 200
+    try:
+        assert platform.probe("prober", "whoami").headers["x-fnpack-version"] == str(number)
+        if platform.result("prober", "whoami")["uid"] != os.geteuid():
+            for path in (tree / "numpy" / "__init__.py", v1 / "numpy" / "__init__.py"):
+                assert _denied(platform.result("prober", "write", str(path))), path
+    finally:
+        assert control.put("/api/v1/functions/prober/aliases/live", json={"primary": 1}).status_code == 200
+
+
 def test_workers_get_a_scrubbed_environment_and_a_folder_of_their_own(platform: Platform) -> None:
     env = platform.result("prober", "env")["env"]
     for name in SECRETS:

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
-from fnpack.archive.reader import MANIFEST_NAME, open_archive, sha256_file
+from fnpack.archive.reader import MANIFEST_NAME, SafeArchive, open_archive, sha256_file
 from fnpack.errors import ArchiveError, OutputError
 
 _CHUNK = 1 << 20
@@ -83,11 +84,14 @@ def fetch_archive(uri: str, sha256: str, cache_dir: Path, timeout: float = 60) -
     return target
 
 
-def unpack_archive(archive: Path, sha256: str, dest_root: Path) -> Path:
+def unpack_archive(archive: Path | SafeArchive, sha256: str, dest_root: Path, reuse: Iterable[Path] = ()) -> Path:
     """Unpack `archive` into `dest_root/<sha256>/` and return that folder; reuse it if it exists.
 
     The archive must have the given sha256 and match its manifest (`verify()` returns []);
-    otherwise ArchiveError, and nothing is left under dest_root.
+    otherwise ArchiveError, and nothing is left under dest_root. An archive already opened (and so
+    hashed) is not read twice. Files the unpacked trees `reuse` hold with the same size and sha256
+    (earlier versions of one function: the same dependencies, the same model) are hard-linked from
+    there instead of inflated, each hashed again first.
     """
     expected = _check_sha256(sha256)
     dest_root = Path(dest_root)
@@ -100,13 +104,13 @@ def unpack_archive(archive: Path, sha256: str, dest_root: Path) -> Path:
     except OSError as exc:
         raise OutputError(f"cannot write to {dest_root}: {exc}", hint="check that the folder is writable") from exc
     try:
-        with open_archive(archive, expected_sha256=expected) as arc:
+        with _opened(archive, expected) as arc:
             # Verified as it is unpacked (one pass inflates 78 MB instead of two): a tampered archive's files
             # reach only the temporary folder, removed below, never `dest`.
-            problems = arc.extract_all(tmp, check=True)
+            problems = arc.extract_all(tmp, check=True, same_as=_same_files(arc, reuse))
             if problems:
                 raise ArchiveError(
-                    f"{archive} does not match its manifest: " + "; ".join(problems),
+                    f"{arc.path} does not match its manifest: " + "; ".join(problems),
                     hint="the archive is damaged or tampered with; rebuild it or download it again",
                 )
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
@@ -124,6 +128,49 @@ def unpack_archive(archive: Path, sha256: str, dest_root: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+@contextlib.contextmanager
+def _opened(archive: Path | SafeArchive, sha256: str) -> Iterator[SafeArchive]:
+    """The archive opened and hashed; one the caller opened stays open for it to close."""
+    if not isinstance(archive, SafeArchive):
+        with open_archive(archive, expected_sha256=sha256) as arc:
+            yield arc
+        return
+    if archive.sha256 != sha256:
+        raise ArchiveError(f"{archive.path}: sha256 mismatch: expected {sha256}, got {archive.sha256}",
+                           hint="the archive is not the one expected; download it again or check the expected hash")
+    yield archive
+
+
+def _same_files(arc: SafeArchive, trees: Iterable[Path]) -> dict[str, Path]:
+    """For each non-empty file of the archive's manifest, a file the same size and sha256 in one of the unpacked
+    trees, as that tree's own manifest lists it. Only a hint: `extract_all` hashes each one before keeping it."""
+    wanted: dict[tuple[str, int], list[str]] = {}  # many names may hold the same bytes (empty __init__.py files)
+    for name, want in (arc.manifest() or {}).get("files", {}).items():
+        if want.get("size"):
+            wanted.setdefault((str(want.get("sha256")).lower(), want["size"]), []).append(name)
+    found: dict[tuple[str, int], Path] = {}
+    for tree in trees:
+        if len(found) == len(wanted):
+            break
+        try:
+            listed = json.loads((tree / MANIFEST_NAME).read_text("utf-8"))["files"]
+            root = os.path.realpath(tree) + os.sep
+            for name, have in listed.items():
+                key = (str(have["sha256"]).lower(), have["size"])
+                if key in wanted and key not in found and _inside(root, name):
+                    found[key] = Path(root, name)
+        except (OSError, ValueError, RecursionError, LookupError, TypeError, AttributeError):
+            continue  # a tree whose manifest is unreadable offers what it offered so far, and no more
+    return {name: found[key] for key, names in wanted.items() if key in found for name in names}
+
+
+def _inside(root: str, name: str) -> bool:
+    """`name` is a plain relative path that stays under `root` (a tree's manifest is read as a hint only)."""
+    parts = name.split("/")
+    return "" not in parts and "." not in parts and ".." not in parts and "\\" not in name \
+        and os.path.realpath(os.path.join(root, name)).startswith(root)
 
 
 def unpacked_path(sha256: str, dest_root: Path) -> Path:

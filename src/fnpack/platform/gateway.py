@@ -264,8 +264,8 @@ async def _receive_upload(request: Request, folder: Path, state_dir: Path) -> Pa
         if path:
             path.unlink(missing_ok=True)
         total = max(size, int(request.headers.get("content-length", "0") or 0))
-        error = state_error(exc, state_dir, f"this archive needs {mib(total)} to upload, as much again to "
-                                            f"store and roughly {mib(3 * total)} unpacked")
+        error = state_error(exc, state_dir, f"this archive needs {mib(total)} to upload (then kept as it is) "
+                                            f"and roughly {mib(3 * total)} unpacked")
         if error is None:
             raise
         async for chunk in chunks:  # read the rest unstored: the client then gets this answer, not a reset

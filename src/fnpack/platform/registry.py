@@ -1,8 +1,8 @@
 """The local platform's registry: functions, versions, aliases and alias history in SQLite (WAL),
 beside a content-addressed store of archives.
 
-Crash safety: an archive is copied into the store (temp file, fsync, rename)
-before the row that names it is committed, so after a crash a version is
+Crash safety: an archive is copied into the store (temp file, fsync, rename),
+or an upload moved there (fsync, rename), before the row that names it is committed, so after a crash a version is
 either complete or absent; an archive without a row is never served and is
 reused by the next deploy of the same bytes. Every change is one
 `BEGIN IMMEDIATE` transaction: concurrent deploys get distinct numbers and
@@ -13,6 +13,7 @@ A read-only or full state folder is a StateError (503/507), not a bare SQLite er
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -109,9 +110,13 @@ class Registry:
     def archive_path(self, sha256: str) -> Path:
         return self.store / f"{sha256}.zip"
 
-    def deploy(self, archive: Path, name: str, spec: dict, actor: str) -> tuple[Version, bool]:
-        """Store the archive and bind it to a new version; the same archive again gives the existing one."""
-        sha256 = self._store_archive(archive)
+    def deploy(self, archive: Path, name: str, spec: dict, actor: str, *, handed_over: str | None = None
+               ) -> tuple[Version, bool]:
+        """Store the archive and bind it to a new version; the same archive again gives the existing one.
+
+        `handed_over` is the sha256 of an archive that is the platform's own file (an upload it wrote
+        and hashed, in the state folder): it is moved into the store, not copied and hashed again."""
+        sha256 = self._store_archive(archive) if handed_over is None else self._move_archive(archive, handed_over)
         try:
             with self._transaction() as db:
                 row = db.execute("SELECT number FROM versions WHERE function = ? AND sha256 = ?",
@@ -158,6 +163,20 @@ class Registry:
             os.unlink(tmp.name)
             raise ArchiveError(f"{archive} changed while it was being stored", hint="deploy it again")
         os.replace(tmp.name, target)
+        return sha256
+
+    def _move_archive(self, archive: Path, sha256: str) -> str:
+        target = self.archive_path(sha256)
+        if target.is_file() and sha256_file(target) == sha256:
+            return sha256
+        with open(archive, "rb") as written:
+            os.fsync(written.fileno())  # on disk before its name is: a crash never leaves a short archive stored
+        try:
+            os.replace(archive, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # the store is on another file system: copy it there
+                raise
+            return self._store_archive(archive)
         return sha256
 
     def archives(self) -> set[str]:

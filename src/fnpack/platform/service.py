@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fnpack.archive import MANIFEST_NAME, open_archive
+from fnpack.archive import MANIFEST_NAME, SafeArchive, open_archive
 from fnpack.archive.fetch import unpack_archive, unpacked_path, verify_unpacked
 from fnpack.errors import ArchiveError, FnpackError, NotFoundError, OutputError, SpecError, StartError
 from fnpack.platform.isolation import Isolation, remove_tree
@@ -59,6 +59,7 @@ class LocalPlatform:
         self.workers = WorkerPool(run_dir, self.logs, on_start=self._worker_started, on_change=self._workers_changed,
                                   memory=memory, prepare=self._prepare)
         self._trusted: dict[Path, asyncio.Future[None]] = {}  # trees verified and locked by this process
+        self._verified: set[Path] = set()  # trees this process unpacked (and so verified)
         self._routers: dict[tuple[str, str], WeightedRouter] = {}
         self._moves = asyncio.Lock()  # alias moves apply to the cache in commit order
         self._deploys = threading.Lock()  # one at a time: a failed deploy then removes only what it made
@@ -105,26 +106,37 @@ class LocalPlatform:
         return version, created
 
     def _deploy(self, name: str, upload: Path, actor: str) -> tuple[Version, bool]:
+        # Opened, and so hashed, once: the unpack and the store take this hash (the upload is the platform's file).
         with open_archive(upload) as reader:  # the zip's own checks; the files are verified when unpacked
             sha256, manifest = reader.sha256, reader.manifest()
-        if manifest is None:
-            raise ArchiveError("the archive has no fnpack manifest (fnpack.json)",
-                               hint="deploy archives built by `fnpack build --target local`")
-        self._check_manifest(name, manifest)  # before unpacking: a refused archive writes nothing
-        unpacked = sum(int(f.get("size", 0)) for f in manifest.get("files", {}).values())
-        needed = f"this archive needs {mib(upload.stat().st_size)} to store and {mib(unpacked)} unpacked"
-        with self._deploys:
-            fresh = not unpacked_path(sha256, self.unpacked).is_dir()
-            try:
-                self._unpack(upload, sha256)  # verifies every file against the manifest
-                return self.registry.deploy(upload, name, manifest["spec"], actor)
-            except BaseException as exc:
-                if fresh:  # no version has it yet (an existing tree may serve one): take it back
-                    remove_tree(unpacked_path(sha256, self.unpacked))
-                error = state_error(exc, self.state_dir, needed)
-                if error is None or error is exc:
-                    raise
-                raise error from exc
+            if manifest is None:
+                raise ArchiveError("the archive has no fnpack manifest (fnpack.json)",
+                                   hint="deploy archives built by `fnpack build --target local`")
+            self._check_manifest(name, manifest)  # before unpacking: a refused archive writes nothing
+            unpacked = sum(int(f.get("size", 0)) for f in manifest.get("files", {}).values())
+            needed = f"this archive needs {mib(upload.stat().st_size)} to store and {mib(unpacked)} unpacked"
+            with self._deploys:
+                fresh = not unpacked_path(sha256, self.unpacked).is_dir()
+                try:
+                    self._unpack(reader, sha256, reuse=self._newest_trees(name))  # verifies every file
+                    return self.registry.deploy(upload, name, manifest["spec"], actor, handed_over=sha256)
+                except BaseException as exc:
+                    if fresh:  # no version has it yet (an existing tree may serve one): take it back
+                        remove_tree(unpacked_path(sha256, self.unpacked))
+                    error = state_error(exc, self.state_dir, needed)
+                    if error is None or error is exc:
+                        raise
+                    raise error from exc
+
+    def _newest_trees(self, name: str, count: int = 3) -> list[Path]:
+        """The unpacked trees of a function's newest versions: what a new version most likely shares with them
+        (its dependencies, its model). Only the function's own: its files are never linked into another's."""
+        try:
+            versions = self.registry.versions(name)
+        except NotFoundError:
+            return []
+        trees = (unpacked_path(v.sha256, self.unpacked) for v in reversed(versions))
+        return [tree for tree in trees if tree.is_dir()][:count]
 
     @staticmethod
     def _check_manifest(name: str, manifest: dict[str, Any]) -> None:
@@ -188,11 +200,13 @@ class LocalPlatform:
             if tree.is_dir() and not tree.is_symlink():
                 tree.chmod(0o700)
 
-    def _unpack(self, archive: Path, sha256: str) -> Path:
+    def _unpack(self, archive: Path | SafeArchive, sha256: str, reuse: list[Path] | None = None) -> Path:
         fresh = not unpacked_path(sha256, self.unpacked).is_dir()
-        root = unpack_archive(archive, sha256, self.unpacked)  # an existing tree is given back as it is
-        if fresh and self.isolation.separate_users:
-            root.chmod(0o700)  # until `_trust` opens it to its function's group
+        root = unpack_archive(archive, sha256, self.unpacked, reuse or ())  # an existing tree is given back as is
+        if fresh:
+            self._verified.add(root)
+            if self.isolation.separate_users:
+                root.chmod(0o700)  # until `_trust` opens it to its function's group
         return root
 
     async def _prewarm(self, name: str, number: int) -> None:
@@ -216,7 +230,9 @@ class LocalPlatform:
         if not archive.is_file():
             raise StartError(f"the archive of {pool.label} is missing from {self.registry.store}, so its unpacked "
                              "code cannot be verified", hint="deploy it again")
-        problems = verify_unpacked(root, archive, sha256)
+        # A tree this process unpacked was verified file by file as it was written: hashing it all again
+        # would only delay the first start.
+        problems = [] if root in self._verified else verify_unpacked(root, archive, sha256)
         if problems:  # changed since it was unpacked: never import it, unpack the archive again
             log_line(pool.log, f"{pool.label}: its unpacked code changed on disk ({'; '.join(problems[:3])}); "
                                "unpacking it again from the archive")
