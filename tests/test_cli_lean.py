@@ -39,12 +39,15 @@ def test_importing_the_cli_loads_no_heavy_package(tmp_path: Path) -> None:
 
 class _Platform(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the gateway answers
-    connections: set[int] = set()
+    connections: list[tuple[str, int]] = []  # one entry per accepted connection (an id() may be reused)
     requests: list[str] = []
     close_after = False
 
+    def setup(self) -> None:
+        super().setup()
+        type(self).connections.append(self.client_address)
+
     def do_GET(self) -> None:  # noqa: N802 - the http.server interface
-        type(self).connections.add(id(self.connection))
         type(self).requests.append(f"{self.command} {self.path} {self.headers.get('Authorization')}")
         body = json.dumps({"functions": [{"name": "iris", "versions": 2, "latest": 2,
                                           "aliases": {"live": {"primary": 2, "canary": None, "weight": 0.0}}}]})
@@ -64,7 +67,7 @@ class _Platform(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def platform() -> Iterator[str]:
-    _Platform.connections, _Platform.requests, _Platform.close_after = set(), [], False
+    _Platform.connections, _Platform.requests, _Platform.close_after = [], [], False
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Platform)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -80,7 +83,8 @@ def test_fnpack_ls_loads_neither_httpx_nor_the_gateway_nor_rich(platform: str, t
             "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n")
     found = _loaded_after(code, tmp_path, {"FNPACK_URL": platform, "FNPACK_TOKEN": "secret"})
     assert "iris" in found["stdout"] and "live -> v2" in found["stdout"]
-    assert not found["modules"] & {"httpx", "httpcore", "fastapi", "uvicorn", "rich", "numpy", "boto3"}
+    # pydantic: Typer 0.29 builds a TypeAdapter per option on every run (0.1 s), which is why Typer is pinned
+    assert not found["modules"] & {"httpx", "httpcore", "fastapi", "uvicorn", "rich", "numpy", "boto3", "pydantic"}
     assert _Platform.requests == ["GET /api/v1/functions Bearer secret"]
 
 

@@ -100,8 +100,6 @@ def _connect(target: Optional[str], url: Optional[str], state_dir: Optional[Path
 def _read_spec(path: Optional[Path]) -> Optional[dict[str, Any]]:
     """The raw spec of a function folder, fnpack.yaml or archive (./fnpack.yaml by default); None when
     there is none or it cannot be read (the command reports a broken one itself)."""
-    import yaml
-
     path = path if path is not None else Path(".")
     try:
         if path.is_file() and path.suffix == ".zip":
@@ -109,6 +107,8 @@ def _read_spec(path: Optional[Path]) -> Optional[dict[str, Any]]:
 
             spec = read_deployable(path).spec  # read once: the deploy's plan reads it again from memory
         else:
+            import yaml  # not for an archive: its spec is JSON
+
             spec_file = path / "fnpack.yaml" if path.is_dir() else path
             spec = yaml.safe_load(spec_file.read_text(encoding="utf-8")) if spec_file.is_file() else None
     except Exception:  # a broken spec or archive is reported by the command itself
