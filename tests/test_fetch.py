@@ -292,7 +292,8 @@ def test_a_file_changed_in_the_earlier_tree_is_inflated_not_linked(tmp_path: Pat
     assert (v2 / "model/b.bin").stat().st_ino != (v1 / "model/b.bin").stat().st_ino
 
 
-@pytest.mark.parametrize("planted", ["symlink", "escaping name", "unreadable manifest"])
+@pytest.mark.parametrize("planted", ["symlink", "escaping name", "linked folder", "linked tree",
+                                     "unreadable manifest"])
 def test_an_earlier_tree_cannot_make_the_unpack_link_a_file_from_elsewhere(tmp_path: Path, planted: str) -> None:
     """The earlier tree's manifest and files are a hint only: a symlink in a file's place, a manifest naming a
     path outside the tree, a manifest that is not JSON: the file is inflated from the archive."""
@@ -306,12 +307,34 @@ def test_an_earlier_tree_cannot_make_the_unpack_link_a_file_from_elsewhere(tmp_p
         manifest = json.loads((v1 / "fnpack.json").read_text())
         manifest["files"] = {"../../secret.bin": manifest["files"]["model/b.bin"]}
         (v1 / "fnpack.json").write_text(json.dumps(manifest))
+    elif planted == "linked folder":  # model/ -> a folder outside holding the wanted bytes as b.bin
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "b.bin").write_bytes(FILES["model/b.bin"])
+        shutil.rmtree(v1 / "model")
+        (v1 / "model").symlink_to(outside)
+        secret = outside / "b.bin"
+    elif planted == "linked tree":  # the tree offered is itself a link to a folder outside
+        outside = tmp_path / "outside"
+        shutil.copytree(v1, outside)
+        shutil.rmtree(v1)
+        v1.symlink_to(outside)
+        secret = outside / "model/b.bin"
     else:
         (v1 / "fnpack.json").write_text("{" * 100_000)
     v2 = unpack_archive(path, sha, tmp_path / "unpacked", reuse=[v1])
     got = v2 / "model/b.bin"
     assert got.read_bytes() == FILES["model/b.bin"] and not got.is_symlink()
     assert got.stat().st_ino != secret.stat().st_ino and got.stat().st_nlink == 1
+
+
+def test_a_sealed_tree_s_files_are_linked_as_they_are(tmp_path: Path) -> None:
+    """`sealed` is the caller's word that no one but root can have changed the tree since it was verified (the
+    platform with users of its own): its files are linked without being hashed again, so even a changed one is."""
+    v1, path, sha = two_versions(tmp_path, FILES | {"a.txt": b"v2"})
+    (v1 / "model/b.bin").write_bytes(b"changed" + FILES["model/b.bin"][7:])
+    v2 = unpack_archive(path, sha, tmp_path / "unpacked", reuse=[v1], sealed={v1})
+    assert (v2 / "model/b.bin").stat().st_ino == (v1 / "model/b.bin").stat().st_ino
 
 
 def test_an_archive_opened_by_the_caller_is_not_hashed_again_and_must_be_the_one_named(tmp_path: Path) -> None:

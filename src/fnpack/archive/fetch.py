@@ -21,12 +21,12 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Collection, Generator, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
-from fnpack.archive.reader import MANIFEST_NAME, SafeArchive, open_archive, sha256_file
+from fnpack.archive.reader import MANIFEST_NAME, Identical, SafeArchive, open_archive, sha256_file
 from fnpack.errors import ArchiveError, OutputError
 
 _CHUNK = 1 << 20
@@ -84,14 +84,16 @@ def fetch_archive(uri: str, sha256: str, cache_dir: Path, timeout: float = 60) -
     return target
 
 
-def unpack_archive(archive: Path | SafeArchive, sha256: str, dest_root: Path, reuse: Iterable[Path] = ()) -> Path:
+def unpack_archive(archive: Path | SafeArchive, sha256: str, dest_root: Path, reuse: Iterable[Path] = (),
+                   sealed: Collection[Path] = ()) -> Path:
     """Unpack `archive` into `dest_root/<sha256>/` and return that folder; reuse it if it exists.
 
     The archive must have the given sha256 and match its manifest (`verify()` returns []);
     otherwise ArchiveError, and nothing is left under dest_root. An archive already opened (and so
     hashed) is not read twice. Files the unpacked trees `reuse` hold with the same size and sha256
     (earlier versions of one function: the same dependencies, the same model) are hard-linked from
-    there instead of inflated, each hashed again first.
+    there instead of inflated, each hashed again first unless its tree is in `sealed`: verified, and
+    unchangeable since (root's, read-only to every function).
     """
     expected = _check_sha256(sha256)
     dest_root = Path(dest_root)
@@ -107,7 +109,7 @@ def unpack_archive(archive: Path | SafeArchive, sha256: str, dest_root: Path, re
         with _opened(archive, expected) as arc:
             # Verified as it is unpacked (one pass inflates 78 MB instead of two): a tampered archive's files
             # reach only the temporary folder, removed below, never `dest`.
-            problems = arc.extract_all(tmp, check=True, same_as=_same_files(arc, reuse))
+            problems = arc.extract_all(tmp, check=True, same_as=_same_files(arc, reuse, sealed))
             if problems:
                 raise ArchiveError(
                     f"{arc.path} does not match its manifest: " + "; ".join(problems),
@@ -143,34 +145,49 @@ def _opened(archive: Path | SafeArchive, sha256: str) -> Iterator[SafeArchive]:
     yield archive
 
 
-def _same_files(arc: SafeArchive, trees: Iterable[Path]) -> dict[str, Path]:
+def _same_files(arc: SafeArchive, trees: Iterable[Path], sealed: Collection[Path]) -> dict[str, Identical]:
     """For each non-empty file of the archive's manifest, a file the same size and sha256 in one of the unpacked
-    trees, as that tree's own manifest lists it. Only a hint: `extract_all` hashes each one before keeping it."""
+    trees, as that tree's own manifest lists it. Only a hint: `extract_all` hashes each one before keeping it,
+    but for the sealed trees' (those, only root can have changed since they were verified)."""
     wanted: dict[tuple[str, int], list[str]] = {}  # many names may hold the same bytes (empty __init__.py files)
     for name, want in (arc.manifest() or {}).get("files", {}).items():
         if want.get("size"):
             wanted.setdefault((str(want.get("sha256")).lower(), want["size"]), []).append(name)
-    found: dict[tuple[str, int], Path] = {}
+    found: dict[tuple[str, int], Identical] = {}
     for tree in trees:
         if len(found) == len(wanted):
             break
         try:
-            listed = json.loads((tree / MANIFEST_NAME).read_text("utf-8"))["files"]
-            root = os.path.realpath(tree) + os.sep
+            inside = _Inside(tree)
+            listed = json.loads((tree / MANIFEST_NAME).read_text("utf-8"))["files"] if inside.root else {}
             for name, have in listed.items():
                 key = (str(have["sha256"]).lower(), have["size"])
-                if key in wanted and key not in found and _inside(root, name):
-                    found[key] = Path(root, name)
+                if key in wanted and key not in found and inside(name):
+                    found[key] = Identical(Path(inside.root, name), tree in sealed)
         except (OSError, ValueError, RecursionError, LookupError, TypeError, AttributeError):
             continue  # a tree whose manifest is unreadable offers what it offered so far, and no more
     return {name: found[key] for key, names in wanted.items() if key in found for name in names}
 
 
-def _inside(root: str, name: str) -> bool:
-    """`name` is a plain relative path that stays under `root` (a tree's manifest is read as a hint only)."""
-    parts = name.split("/")
-    return "" not in parts and "." not in parts and ".." not in parts and "\\" not in name \
-        and os.path.realpath(os.path.join(root, name)).startswith(root)
+class _Inside:
+    """Whether a name is a plain relative path that stays in the tree (its manifest is read as a hint only):
+    no `..`, no folder that is a link out of it. Each folder is resolved once, not once per file."""
+
+    def __init__(self, tree: Path) -> None:
+        self.root = os.path.abspath(tree)
+        if os.path.realpath(tree) != self.root:  # the tree itself is reached through a link: offer nothing
+            self.root = ""
+        self._folders: dict[str, bool] = {"": True}
+
+    def __call__(self, name: str) -> bool:
+        parts = name.split("/")
+        if "" in parts or "." in parts or ".." in parts or "\\" in name:
+            return False
+        folder = "/".join(parts[:-1])
+        if folder not in self._folders:
+            self._folders[folder] = os.path.realpath(os.path.join(self.root, folder)) == \
+                os.path.join(self.root, folder)
+        return self._folders[folder]  # the file itself is lstat-ed when linked: a link there is never followed
 
 
 def unpacked_path(sha256: str, dest_root: Path) -> Path:

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from fnpack.errors import ArchiveError, OutputError
 
@@ -105,6 +105,14 @@ class _Decompressor(Protocol):
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return _sha256_stream(f)
+
+
+class Identical(NamedTuple):
+    """A file believed to hold an entry's bytes, for `extract_all` to link instead of inflating. `sealed`: it
+    cannot have changed since it was verified (root's, read-only to everyone else), so it is not hashed again."""
+
+    path: Path
+    sealed: bool = False
 
 
 def open_archive(
@@ -225,7 +233,8 @@ class SafeArchive:
         ]
         return problems
 
-    def extract_all(self, dest: Path, check: bool = False, same_as: Mapping[str, Path] | None = None) -> list[str]:
+    def extract_all(self, dest: Path, check: bool = False, same_as: Mapping[str, Identical] | None = None
+                    ) -> list[str]:
         """Unpack under dest, overwriting nothing; on any error, remove what was unpacked.
 
         With `check`, each file is compared with the manifest as it is written: what `verify()` finds,
@@ -235,8 +244,9 @@ class SafeArchive:
 
         `same_as` (with `check` only) names, for some entries, a file elsewhere believed to hold the same
         bytes (an earlier version's unpacked tree): it is hard-linked instead of inflated, and kept only if
-        its sha256 is the manifest's; otherwise the entry is inflated as usual. Hashing a file costs a
-        tenth of inflating it, so a new version that changes one file unpacks in a fraction of the time.
+        its sha256 is the manifest's (taken as it is for a sealed one); otherwise the entry is inflated as
+        usual. Hashing a file costs a tenth of inflating it, so a new version that changes one file unpacks
+        in a fraction of the time.
         """
         dest = Path(dest)
         listed = self._listed() if check else {}
@@ -290,7 +300,7 @@ class SafeArchive:
         return parent if entry.kind == "dir" else parent / parts[-1]
 
     def _write_all(self, files: list[tuple[_Entry, Path]], created: list[Path], digests: dict[str, str] | None,
-                   listed: dict[str, Any], same_as: Mapping[str, Path]) -> None:
+                   listed: dict[str, Any], same_as: Mapping[str, Identical]) -> None:
         """The files, largest first, on up to _WRITERS threads: inflating and hashing release the GIL, and one
         inflating thread is the bound of a deploy (78 MB for the iris function, half a second)."""
         files = sorted(files, key=lambda item: -item[0].info.file_size)
@@ -315,25 +325,25 @@ class SafeArchive:
             pool.shutdown(wait=True, cancel_futures=True)
 
     @staticmethod
-    def _link(entry: _Entry, path: Path, source: Path, listed: dict[str, Any], created: list[Path],
+    def _link(entry: _Entry, path: Path, source: Identical, listed: dict[str, Any], created: list[Path],
               digests: dict[str, str]) -> bool:
         """Hard-link `source` as the entry's file if it is a regular file with the manifest's size and sha256."""
         want = listed.get(entry.name) or {}
+        expected = str(want.get("sha256")).lower()
         try:
-            info = os.lstat(source)
+            info = os.lstat(source.path)
             if not stat.S_ISREG(info.st_mode) or not info.st_size == entry.info.file_size == want.get("size"):
                 return False
-            os.link(source, path, follow_symlinks=False)
+            os.link(source.path, path, follow_symlinks=False)
         except OSError:  # another file system, too many links, a source just removed: inflate it instead
             return False
         created.append(path)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # hashed after linking: the inode kept is the one hashed
-            with os.fdopen(fd, "rb") as f:
-                digest = _sha256_stream(f)
-        except OSError:
-            digest = ""
-        if digest != str(want.get("sha256")).lower():  # changed since its own tree was unpacked: inflate it
+        digest = expected if source.sealed else ""
+        if not source.sealed:
+            with contextlib.suppress(OSError):  # hashed after linking: the inode kept is the one hashed
+                with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+                    digest = _sha256_stream(f)
+        if digest != expected:  # changed since its own tree was unpacked: inflate it
             created.remove(path)
             path.unlink()
             return False

@@ -59,7 +59,7 @@ class LocalPlatform:
         self.workers = WorkerPool(run_dir, self.logs, on_start=self._worker_started, on_change=self._workers_changed,
                                   memory=memory, prepare=self._prepare)
         self._trusted: dict[Path, asyncio.Future[None]] = {}  # trees verified and locked by this process
-        self._verified: set[Path] = set()  # trees this process unpacked (and so verified)
+        self._verified: set[Path] = set()  # trees this process unpacked or checked, and found intact
         self._routers: dict[tuple[str, str], WeightedRouter] = {}
         self._moves = asyncio.Lock()  # alias moves apply to the cache in commit order
         self._deploys = threading.Lock()  # one at a time: a failed deploy then removes only what it made
@@ -118,7 +118,7 @@ class LocalPlatform:
             with self._deploys:
                 fresh = not unpacked_path(sha256, self.unpacked).is_dir()
                 try:
-                    self._unpack(reader, sha256, reuse=self._newest_trees(name))  # verifies every file
+                    self._unpack(reader, sha256, self._newest_trees(name))  # verifies every file
                     return self.registry.deploy(upload, name, manifest["spec"], actor, handed_over=sha256)
                 except BaseException as exc:
                     if fresh:  # no version has it yet (an existing tree may serve one): take it back
@@ -130,7 +130,7 @@ class LocalPlatform:
 
     def _newest_trees(self, name: str, count: int = 3) -> list[Path]:
         """The unpacked trees of a function's newest versions: what a new version most likely shares with them
-        (its dependencies, its model). Only the function's own: its files are never linked into another's."""
+        (its dependencies, its model). Only the function's own: another's files are never linked into it."""
         try:
             versions = self.registry.versions(name)
         except NotFoundError:
@@ -202,7 +202,10 @@ class LocalPlatform:
 
     def _unpack(self, archive: Path | SafeArchive, sha256: str, reuse: list[Path] | None = None) -> Path:
         fresh = not unpacked_path(sha256, self.unpacked).is_dir()
-        root = unpack_archive(archive, sha256, self.unpacked, reuse or ())  # an existing tree is given back as is
+        # With users of their own, no function can change a tree (root's, read-only to them): one this process
+        # verified is linked from without hashing its files again.
+        sealed = {tree for tree in reuse or () if tree in self._verified} if self.isolation.separate_users else ()
+        root = unpack_archive(archive, sha256, self.unpacked, reuse or (), sealed)  # an existing tree: as it is
         if fresh:
             self._verified.add(root)
             if self.isolation.separate_users:
@@ -238,6 +241,7 @@ class LocalPlatform:
                                "unpacking it again from the archive")
             remove_tree(root)
             self._unpack(archive, sha256)
+        self._verified.add(root)
         self.isolation.lock_tree(root, pool.principal)
 
     async def set_alias(self, name: str, alias: str, state: AliasState, actor: str, reason: str | None,
