@@ -406,21 +406,29 @@ def test_a_full_disk_is_a_507_that_names_the_space_needed(archives: dict, tmp_pa
 
 def test_a_version_sharing_its_files_with_the_last_one_takes_little_more_than_its_archive(archives: dict,
                                                                                              tmp_path: Path) -> None:
-    """150 MiB holds iris v1 (26 MiB stored, moved there from the upload, and 78 MiB unpacked) and v2, the same
-    files under another manifest: they are hard-linked from v1's tree, so v2 needs its archive's space, not
-    78 MiB more (inflated again, the two would need over 200 MiB). Both serve, and deleting v1 leaves v2 whole."""
+    """150 MiB holds iris v1 (26 MiB stored, moved there from the upload, and 78 MiB unpacked) and v2, built from
+    the same folder with its score.py changed: the files v2 stores as v1 does are hard-linked from v1's tree, so
+    it needs its archive's space, not 78 MiB more (inflated again, the two would need over 200 MiB). Both serve,
+    and v2's tree stays whole without v1's."""
+    folder = tmp_path / "iris-next"
+    shutil.copytree(EXAMPLES / "iris", folder, ignore=shutil.ignore_patterns("dist", "__pycache__"))
+    with open(folder / "score.py", "a", encoding="utf-8") as score:
+        score.write("\n# the next version\n")
+    built = fnpack("build", str(folder), "--out", str(tmp_path / "out"), "--json")
+    assert built.code == 0, built.stderr + built.stdout
+    following = Path(built.json()["archive"])
     state = tmp_path / "state"
     with _tmpfs(state, "150m"), platform_process(state) as (url, _):
         api = Api(url, state)
-        for key in ("a", "b"):
-            deployed = api.deploy(archives[key])
+        for archive in (archives["a"], following):
+            deployed = api.deploy(archive)
             assert deployed.status_code == 201, deployed.text
         assert api.alias("iris", 2).status_code == 200
         assert api.invoke("iris:1").json()["label"] == api.invoke("iris").json()["label"] == "setosa"
         assert api.http.delete("/api/v1/functions/iris/versions/1").status_code == 200
         remove_tree(state / "unpacked" / _sha(archives["a"]))  # as the next start's sweep does
-        tree = state / "unpacked" / _sha(archives["b"])
-        assert verify_unpacked(tree, archives["b"], tree.name) == []
+        tree = state / "unpacked" / _sha(following)
+        assert verify_unpacked(tree, following, tree.name) == []
         assert api.invoke("iris").headers["x-fnpack-version"] == "2"
 
 

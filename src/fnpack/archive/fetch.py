@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -84,16 +83,18 @@ def fetch_archive(uri: str, sha256: str, cache_dir: Path, timeout: float = 60) -
     return target
 
 
-def unpack_archive(archive: Path | SafeArchive, sha256: str, dest_root: Path, reuse: Iterable[Path] = (),
-                   sealed: Collection[Path] = ()) -> Path:
+def unpack_archive(archive: Path | SafeArchive, sha256: str, dest_root: Path,
+                   reuse: Iterable[tuple[Path, Path]] = (), sealed: Collection[Path] = ()) -> Path:
     """Unpack `archive` into `dest_root/<sha256>/` and return that folder; reuse it if it exists.
 
     The archive must have the given sha256 and match its manifest (`verify()` returns []);
     otherwise ArchiveError, and nothing is left under dest_root. An archive already opened (and so
-    hashed) is not read twice. Files the unpacked trees `reuse` hold with the same size and sha256
-    (earlier versions of one function: the same dependencies, the same model) are hard-linked from
-    there instead of inflated, each hashed again first unless its tree is in `sealed`: verified, and
-    unchangeable since (root's, read-only to every function).
+    hashed) is not read twice. `reuse` pairs unpacked trees with the archives they were unpacked
+    from (earlier versions of one function: the same dependencies, the same model, stored by their
+    hash). A file such a tree holds is hard-linked instead of inflated when this archive stores it
+    byte for byte as that one does, and when the file is still what that archive holds: hashed
+    again, unless its tree is in `sealed` (verified, and unchangeable since: root's, read-only to
+    every function).
     """
     expected = _check_sha256(sha256)
     dest_root = Path(dest_root)
@@ -106,10 +107,10 @@ def unpack_archive(archive: Path | SafeArchive, sha256: str, dest_root: Path, re
     except OSError as exc:
         raise OutputError(f"cannot write to {dest_root}: {exc}", hint="check that the folder is writable") from exc
     try:
-        with _opened(archive, expected) as arc:
+        with _opened(archive, expected) as arc, contextlib.ExitStack() as earlier:
             # Verified as it is unpacked (one pass inflates 78 MB instead of two): a tampered archive's files
             # reach only the temporary folder, removed below, never `dest`.
-            problems = arc.extract_all(tmp, check=True, same_as=_same_files(arc, reuse, sealed))
+            problems = arc.extract_all(tmp, check=True, same_as=_same_files(arc, reuse, sealed, earlier))
             if problems:
                 raise ArchiveError(
                     f"{arc.path} does not match its manifest: " + "; ".join(problems),
@@ -145,27 +146,30 @@ def _opened(archive: Path | SafeArchive, sha256: str) -> Iterator[SafeArchive]:
     yield archive
 
 
-def _same_files(arc: SafeArchive, trees: Iterable[Path], sealed: Collection[Path]) -> dict[str, Identical]:
+def _same_files(arc: SafeArchive, reuse: Iterable[tuple[Path, Path]], sealed: Collection[Path],
+                earlier: contextlib.ExitStack) -> dict[str, Identical]:
     """For each non-empty file of the archive's manifest, a file the same size and sha256 in one of the unpacked
-    trees, as that tree's own manifest lists it. Only a hint: `extract_all` hashes each one before keeping it,
-    but for the sealed trees' (those, only root can have changed since they were verified)."""
+    trees, as the manifest of the archive it came from lists it (opened here, closed by `earlier`). Only a hint:
+    `extract_all` checks each one before keeping it."""
     wanted: dict[tuple[str, int], list[str]] = {}  # many names may hold the same bytes (empty __init__.py files)
     for name, want in (arc.manifest() or {}).get("files", {}).items():
         if want.get("size"):
             wanted.setdefault((str(want.get("sha256")).lower(), want["size"]), []).append(name)
     found: dict[tuple[str, int], Identical] = {}
-    for tree in trees:
+    for tree, tree_archive in reuse:
         if len(found) == len(wanted):
             break
+        inside = _Inside(tree)
         try:
-            inside = _Inside(tree)
-            listed = json.loads((tree / MANIFEST_NAME).read_text("utf-8"))["files"] if inside.root else {}
-            for name, have in listed.items():
-                key = (str(have["sha256"]).lower(), have["size"])
+            if not inside.root:
+                continue
+            source = earlier.enter_context(open_archive(tree_archive, tree.name, hashed=False))
+            for name, have in (source.manifest() or {}).get("files", {}).items():
+                key = (str(have.get("sha256")).lower(), have.get("size"))
                 if key in wanted and key not in found and inside(name):
-                    found[key] = Identical(Path(inside.root, name), tree in sealed)
-        except (OSError, ValueError, RecursionError, LookupError, TypeError, AttributeError):
-            continue  # a tree whose manifest is unreadable offers what it offered so far, and no more
+                    found[key] = Identical(Path(inside.root, name), source, name, tree in sealed)
+        except (OSError, ArchiveError):
+            continue  # gone, or not an archive: it offers nothing
     return {name: found[key] for key, names in wanted.items() if key in found for name in names}
 
 

@@ -108,23 +108,30 @@ def sha256_file(path: Path) -> str:
 
 
 class Identical(NamedTuple):
-    """A file believed to hold an entry's bytes, for `extract_all` to link instead of inflating. `sealed`: it
-    cannot have changed since it was verified (root's, read-only to everyone else), so it is not hashed again."""
+    """A file believed to hold an entry's bytes, for `extract_all` to link instead of inflating: `path`, unpacked
+    from entry `name` of `archive`, an archive verified before. `sealed`: the file cannot have changed since it
+    was verified (root's, read-only to everyone else), so it is not hashed again."""
 
     path: Path
+    archive: SafeArchive
+    name: str
     sealed: bool = False
 
 
 def open_archive(
-    path: Path | str, expected_sha256: str | None = None, limits: Limits = Limits()
+    path: Path | str, expected_sha256: str | None = None, limits: Limits = Limits(), *, hashed: bool = True
 ) -> SafeArchive:
-    """Open and check an archive; raise ArchiveError if it is not a zip, not the expected one, or unsafe."""
+    """Open and check an archive; raise ArchiveError if it is not a zip, not the expected one, or unsafe.
+    `hashed=False` takes `expected_sha256` as the archive's hash without reading it all: for a file of the
+    caller's own that was hashed when it was stored (the platform's store names each archive by its hash)."""
     path = Path(path)
     if not path.is_file():
         raise ArchiveError(f"{path} does not exist or is not a file", hint="check the archive's path")
+    if not hashed and expected_sha256 is None:
+        raise ValueError("an archive opened without hashing it needs its expected sha256")
     fp = path.open("rb")
     try:
-        return SafeArchive(path, fp, expected_sha256, limits)
+        return SafeArchive(path, fp, expected_sha256, limits, hashed)
     except BaseException:
         fp.close()
         raise
@@ -133,12 +140,14 @@ def open_archive(
 class SafeArchive:
     """An archive that passed every check made without extracting. Get one from `open_archive`."""
 
-    def __init__(self, path: Path, fp: BinaryIO, expected_sha256: str | None, limits: Limits) -> None:
+    def __init__(self, path: Path, fp: BinaryIO, expected_sha256: str | None, limits: Limits,
+                 hashed: bool = True) -> None:
         self.path = path
         self.limits = limits
         self._fp = fp
         self._lock = threading.Lock()  # reads seek the shared handle
-        self.sha256 = _sha256_stream(fp)  # the bytes hashed are the bytes read: one handle serves both
+        # The bytes hashed are the bytes read: one handle serves both.
+        self.sha256 = _sha256_stream(fp) if hashed or expected_sha256 is None else expected_sha256.lower()
         if expected_sha256 is not None and self.sha256 != expected_sha256.lower():
             raise ArchiveError(
                 f"{path}: sha256 mismatch: expected {expected_sha256.lower()}, got {self.sha256}",
@@ -324,12 +333,30 @@ class SafeArchive:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    @staticmethod
-    def _link(entry: _Entry, path: Path, source: Identical, listed: dict[str, Any], created: list[Path],
+    def stored_alike(self, name: str, other: SafeArchive, other_name: str) -> bool:
+        """Whether entry `name` holds, byte for byte, the compressed data of `other`'s entry `other_name`, by the
+        same method: then it inflates to the same bytes, and where those are known it need not be inflated."""
+        mine, theirs = self._files.get(name), other._files.get(other_name)
+        if mine is None or theirs is None or mine.kind != "file" or theirs.kind != "file":
+            return False
+        a, b = mine.info, theirs.info
+        if (a.compress_type, a.compress_size, a.file_size, a.CRC) != (b.compress_type, b.compress_size, b.file_size,
+                                                                       b.CRC):
+            return False
+        try:  # the same method and size: both read in chunks of the same sizes
+            return all(x == y for x, y in zip(self._raw(mine), other._raw(theirs)))
+        except (ArchiveError, OSError):
+            return False
+
+    def _link(self, entry: _Entry, path: Path, source: Identical, listed: dict[str, Any], created: list[Path],
               digests: dict[str, str]) -> bool:
-        """Hard-link `source` as the entry's file if it is a regular file with the manifest's size and sha256."""
+        """Hard-link `source` as the entry's file if the entry is stored as `source`'s entry is (the archive's own
+        bytes are checked: a damaged one is refused, as it would be when inflated) and `source` is a regular
+        file with the manifest's size and sha256."""
         want = listed.get(entry.name) or {}
         expected = str(want.get("sha256")).lower()
+        if not self.stored_alike(entry.name, source.archive, source.name):
+            return False
         try:
             info = os.lstat(source.path)
             if not stat.S_ISREG(info.st_mode) or not info.st_size == entry.info.file_size == want.get("size"):

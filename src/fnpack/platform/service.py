@@ -128,15 +128,17 @@ class LocalPlatform:
                         raise
                     raise error from exc
 
-    def _newest_trees(self, name: str, count: int = 3) -> list[Path]:
-        """The unpacked trees of a function's newest versions: what a new version most likely shares with them
-        (its dependencies, its model). Only the function's own: another's files are never linked into it."""
+    def _newest_trees(self, name: str, count: int = 3) -> list[tuple[Path, Path]]:
+        """The unpacked trees of a function's newest versions, with their archives: what a new version most likely
+        shares with them (its dependencies, its model). Only the function's own: another's files are never
+        linked into it."""
         try:
             versions = self.registry.versions(name)
         except NotFoundError:
             return []
-        trees = (unpacked_path(v.sha256, self.unpacked) for v in reversed(versions))
-        return [tree for tree in trees if tree.is_dir()][:count]
+        pairs = ((unpacked_path(v.sha256, self.unpacked), self.registry.archive_path(v.sha256))
+                 for v in reversed(versions))
+        return [(tree, archive) for tree, archive in pairs if tree.is_dir() and archive.is_file()][:count]
 
     @staticmethod
     def _check_manifest(name: str, manifest: dict[str, Any]) -> None:
@@ -200,11 +202,12 @@ class LocalPlatform:
             if tree.is_dir() and not tree.is_symlink():
                 tree.chmod(0o700)
 
-    def _unpack(self, archive: Path | SafeArchive, sha256: str, reuse: list[Path] | None = None) -> Path:
+    def _unpack(self, archive: Path | SafeArchive, sha256: str, reuse: list[tuple[Path, Path]] | None = None
+                ) -> Path:
         fresh = not unpacked_path(sha256, self.unpacked).is_dir()
         # With users of their own, no function can change a tree (root's, read-only to them): one this process
         # verified is linked from without hashing its files again.
-        sealed = {tree for tree in reuse or () if tree in self._verified} if self.isolation.separate_users else ()
+        sealed = {tree for tree, _ in reuse or () if tree in self._verified} if self.isolation.separate_users else ()
         root = unpack_archive(archive, sha256, self.unpacked, reuse or (), sealed)  # an existing tree: as it is
         if fresh:
             self._verified.add(root)
