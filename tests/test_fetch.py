@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -310,20 +311,22 @@ def test_a_file_stored_otherwise_or_changed_in_the_earlier_tree_is_inflated(tmp_
     assert (v2 / "model/b.bin").read_bytes() == FILES["model/b.bin"]
     assert inode(v2 / "model/b.bin") != inode(v1 / "model/b.bin")
 
-    stored = tmp_path / "v3.zip"  # the same files, compressed at another level: not the same stored bytes
-    with zipfile.ZipFile(stored, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+    stored = tmp_path / "v3.zip"  # the same files, model/b.bin stored uncompressed: not the same stored bytes
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("fnpack.json", zipfile.ZipFile(path).read("fnpack.json"))
         for name, data in (FILES | {"a.txt": b"v2"}).items():
-            zf.writestr(name, data)
+            zf.writestr(name, data, zipfile.ZIP_STORED if name == "model/b.bin" else zipfile.ZIP_DEFLATED)
     fresh = [(v2, path)]
     v3 = unpack_archive(stored, hashlib.sha256(stored.read_bytes()).hexdigest(), tmp_path / "unpacked", reuse=fresh)
     assert inode(v3 / "model/b.bin") != inode(v2 / "model/b.bin")
 
 
-@pytest.mark.parametrize("planted", ["symlink", "linked folder", "linked tree", "no archive"])
+@pytest.mark.parametrize("planted", ["symlink", "linked folder", "linked tree", "no archive", "another's file",
+                                     "writable by others"])
 def test_an_earlier_tree_cannot_make_the_unpack_link_a_file_from_elsewhere(tmp_path: Path, planted: str) -> None:
     """A symlink in a file's place, a folder or the tree itself a link to a folder outside holding the bytes
-    wanted, an earlier archive that is gone: the file is inflated from the archive."""
+    wanted, an earlier archive that is gone, a file that another user owns or may write (and so change once
+    linked): the file is inflated from the archive."""
     secret = tmp_path / "secret.bin"
     secret.write_bytes(FILES["model/b.bin"])  # the bytes the new archive wants, outside any tree
     reuse, v1, path, sha = two_versions(tmp_path, FILES | {"a.txt": b"v2"})
@@ -343,9 +346,17 @@ def test_an_earlier_tree_cannot_make_the_unpack_link_a_file_from_elsewhere(tmp_p
         shutil.rmtree(v1)
         v1.symlink_to(outside)
         secret = outside / "model/b.bin"
+    elif planted == "another's file":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give the file to another user")
+        os.chown(v1 / "model/b.bin", 12345, 12345)
+        secret = v1 / "model/b.bin"
+    elif planted == "writable by others":
+        (v1 / "model/b.bin").chmod(0o666)
+        secret = v1 / "model/b.bin"
     else:
         reuse[0][1].unlink()
-    v2 = unpack_archive(path, sha, tmp_path / "unpacked", reuse=reuse)
+    v2 = unpack_archive(path, sha, tmp_path / "unpacked", reuse=reuse, sealed={v1})
     got = v2 / "model/b.bin"
     assert got.read_bytes() == FILES["model/b.bin"] and not got.is_symlink()
     assert inode(got) != inode(secret) and got.stat().st_nlink == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fnpack.errors import ConflictError, NotFoundError
+from fnpack.errors import ArchiveError, ConflictError, NotFoundError
 from fnpack.platform.registry import Registry
 from fnpack.versions import AliasError, AliasState, Qualifier
 
@@ -57,6 +57,46 @@ def test_an_upload_handed_over_is_moved_into_the_store_and_the_same_bytes_again_
     again = archive(tmp_path, "uploaded")
     assert registry.deploy(again, "iris", {}, "bo", handed_over=sha256) == (version, False)
     assert again.exists() and stored.stat().st_ino == inode  # the stored copy is kept; the caller drops its own
+
+
+def test_an_upload_on_another_file_system_is_copied_and_must_have_the_hash_it_came_with(tmp_path, monkeypatch):
+    import errno
+    import hashlib
+
+    real_replace = os.replace
+
+    def across(source, target):  # the upload's folder is another file system than the store
+        if not Path(source).name.startswith(".incoming-"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", across)
+    registry = Registry(tmp_path / "state")
+    upload = archive(tmp_path, "over there")
+    sha256 = hashlib.sha256(b"over there").hexdigest()
+    version, created = registry.deploy(upload, "iris", {}, "ana", handed_over=sha256)
+    assert created and registry.archive_path(sha256).read_text() == "over there"
+    changed = archive(tmp_path, "changed since it was hashed")
+    with pytest.raises(ArchiveError, match="changed while it was being stored"):
+        registry.deploy(changed, "iris", {}, "ana", handed_over="ab" * 32)
+    assert sorted(p.name for p in registry.store.iterdir()) == [f"{sha256}.zip"]  # nothing else kept
+    assert [v.number for v in registry.versions("iris")] == [1]
+
+
+def test_a_deploy_that_fails_after_its_upload_was_moved_keeps_no_archive(tmp_path, monkeypatch):
+    import hashlib
+
+    registry = Registry(tmp_path / "state")
+    sha256 = hashlib.sha256(b"doomed").hexdigest()
+
+    def broken(*args):
+        raise RuntimeError("the registry broke")
+
+    monkeypatch.setattr(Registry, "_version", broken)
+    with pytest.raises(RuntimeError):
+        registry.deploy(archive(tmp_path, "doomed"), "iris", {}, "ana", handed_over=sha256)
+    monkeypatch.undo()
+    assert not registry.archive_path(sha256).exists() and registry.functions() == []
 
 
 def _deploy_many(state: str, folder: str, tag: str) -> None:

@@ -84,17 +84,18 @@ def fetch_archive(uri: str, sha256: str, cache_dir: Path, timeout: float = 60) -
 
 
 def unpack_archive(archive: Path | SafeArchive, sha256: str, dest_root: Path,
-                   reuse: Iterable[tuple[Path, Path]] = (), sealed: Collection[Path] = ()) -> Path:
+                   reuse: Iterable[tuple[Path, Path]] = (), sealed: Collection[Path] = (), mode: int = 0o755) -> Path:
     """Unpack `archive` into `dest_root/<sha256>/` and return that folder; reuse it if it exists.
 
     The archive must have the given sha256 and match its manifest (`verify()` returns []);
-    otherwise ArchiveError, and nothing is left under dest_root. An archive already opened (and so
-    hashed) is not read twice. `reuse` pairs unpacked trees with the archives they were unpacked
-    from (earlier versions of one function: the same dependencies, the same model, stored by their
-    hash). A file such a tree holds is hard-linked instead of inflated when this archive stores it
-    byte for byte as that one does, and when the file is still what that archive holds: hashed
-    again, unless its tree is in `sealed` (verified, and unchangeable since: root's, read-only to
-    every function).
+    otherwise ArchiveError, and nothing is left under dest_root. An archive the caller opened is
+    not opened (nor hashed) again. The folder gets `mode` before it gets its name.
+
+    `reuse` pairs unpacked trees with the archives they were unpacked from (earlier versions of one
+    function: the same dependencies, the same model, stored by their hash). A file such a tree
+    holds is hard-linked instead of inflated when this archive stores it byte for byte as that one
+    does, and when the file is still what that archive holds: hashed again, unless its tree is in
+    `sealed` (verified, and unchangeable since: root's, read-only to every function).
     """
     expected = _check_sha256(sha256)
     dest_root = Path(dest_root)
@@ -116,7 +117,7 @@ def unpack_archive(archive: Path | SafeArchive, sha256: str, dest_root: Path,
                     f"{arc.path} does not match its manifest: " + "; ".join(problems),
                     hint="the archive is damaged or tampered with; rebuild it or download it again",
                 )
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        os.chmod(tmp, mode)  # mkdtemp makes it 0700
         try:
             os.rename(tmp, dest)
         except OSError:

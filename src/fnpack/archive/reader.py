@@ -252,10 +252,12 @@ class SafeArchive:
         disk is full) are OutputErrors, not ArchiveErrors: the archive is fine.
 
         `same_as` (with `check` only) names, for some entries, a file elsewhere believed to hold the same
-        bytes (an earlier version's unpacked tree): it is hard-linked instead of inflated, and kept only if
-        its sha256 is the manifest's (taken as it is for a sealed one); otherwise the entry is inflated as
-        usual. Hashing a file costs a tenth of inflating it, so a new version that changes one file unpacks
-        in a fraction of the time.
+        bytes: one unpacked from an earlier archive. It is hard-linked instead of inflated when this archive
+        stores the entry byte for byte as that one does (so this archive is checked as surely as by
+        inflating it) and the file is the platform's own, read-only to others, with the manifest's size and
+        sha256 (hashed, unless sealed); otherwise the entry is inflated as usual. Comparing stored bytes and
+        hashing cost a fraction of inflating, so a new version that changes one file unpacks in a fraction
+        of the time.
         """
         dest = Path(dest)
         listed = self._listed() if check else {}
@@ -340,8 +342,8 @@ class SafeArchive:
         if mine is None or theirs is None or mine.kind != "file" or theirs.kind != "file":
             return False
         a, b = mine.info, theirs.info
-        if (a.compress_type, a.compress_size, a.file_size, a.CRC) != (b.compress_type, b.compress_size, b.file_size,
-                                                                       b.CRC):
+        if (a.compress_type, a.compress_size, a.file_size, a.CRC, _executable(a)) != \
+                (b.compress_type, b.compress_size, b.file_size, b.CRC, _executable(b)):
             return False
         try:  # the same method and size: both read in chunks of the same sizes
             return all(x == y for x, y in zip(self._raw(mine), other._raw(theirs)))
@@ -359,20 +361,25 @@ class SafeArchive:
             return False
         try:
             info = os.lstat(source.path)
-            if not stat.S_ISREG(info.st_mode) or not info.st_size == entry.info.file_size == want.get("size"):
+            # Ours, and writable by no one else: a file another user could still change is never shared.
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022 \
+                    or not info.st_size == entry.info.file_size == want.get("size"):
                 return False
             os.link(source.path, path, follow_symlinks=False)
         except OSError:  # another file system, too many links, a source just removed: inflate it instead
             return False
         created.append(path)
-        digest = expected if source.sealed else ""
-        if not source.sealed:
-            with contextlib.suppress(OSError):  # hashed after linking: the inode kept is the one hashed
-                with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
-                    digest = _sha256_stream(f)
+        digest = ""
+        with contextlib.suppress(OSError):  # the inode linked must be the one looked at (and hashed)
+            linked = os.lstat(path)
+            if (linked.st_dev, linked.st_ino) == (info.st_dev, info.st_ino):
+                digest = expected if source.sealed else _sha256_file_no_follow(path)
         if digest != expected:  # changed since its own tree was unpacked: inflate it
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise _WriteFailed(entry, exc) from exc
             created.remove(path)
-            path.unlink()
             return False
         digests[entry.name] = digest
         return True
@@ -387,7 +394,7 @@ class SafeArchive:
                     f.write(chunk)
                     if digest is not None:
                         digest.update(chunk)
-            os.chmod(path, 0o755 if (entry.info.external_attr >> 16) & 0o111 else 0o644)
+            os.chmod(path, 0o755 if _executable(entry.info) else 0o644)
         except OSError as exc:
             raise _WriteFailed(entry, exc) from exc
         if digests is not None and digest is not None:
@@ -799,6 +806,15 @@ class _Deflate64:
 
     def decompress(self, data: bytes, max_length: int) -> bytes:
         return self._d.decompress(data)
+
+
+def _executable(info: zipfile.ZipInfo) -> bool:
+    return bool((info.external_attr >> 16) & 0o111)
+
+
+def _sha256_file_no_follow(path: Path) -> str:
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+        return _sha256_stream(f)
 
 
 def _sha256_stream(f: BinaryIO) -> str:

@@ -182,9 +182,7 @@ def print_budget_report(report: dict[str, Any], console: Console | LazyConsole) 
 
 def _metavar(option: Any) -> str:
     """What an option's value is called in help: its choices, else its long name (`--state-dir STATE_DIR`)."""
-    descriptor = getattr(option, "type_descriptor", None)  # Typer 0.2x; click's `type` before
-    choices = (descriptor.choices if getattr(descriptor, "is_choice", False)
-               else getattr(getattr(option, "type", None), "choices", None))
+    choices = getattr(getattr(option, "type", None), "choices", None)
     if choices:
         return "|".join(str(c) for c in choices)
     longest = max(option.opts, key=len).lstrip("-")

@@ -131,8 +131,8 @@ class Registry:
                 db.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?)",
                            (name, number, sha256, _now(), actor, json.dumps(spec, sort_keys=True)))
                 return self._version(db, name, number), True
-        except StateError:
-            self.drop_unused(sha256)  # a full disk wants its space back
+        except Exception:
+            self.drop_unused(sha256)  # a full disk wants its space back; no archive is kept without its row
             raise
 
     def drop_unused(self, sha256: str) -> None:
@@ -163,6 +163,7 @@ class Registry:
             os.unlink(tmp.name)
             raise ArchiveError(f"{archive} changed while it was being stored", hint="deploy it again")
         os.replace(tmp.name, target)
+        _fsync_folder(self.store)
         return sha256
 
     def _move_archive(self, archive: Path, sha256: str) -> str:
@@ -176,7 +177,12 @@ class Registry:
         except OSError as exc:
             if exc.errno != errno.EXDEV:  # the store is on another file system: copy it there
                 raise
-            return self._store_archive(archive)
+            stored = self._store_archive(archive)
+            if stored != sha256:
+                self.drop_unused(stored)
+                raise ArchiveError(f"{archive} changed while it was being stored", hint="deploy it again") from None
+            return sha256
+        _fsync_folder(self.store)  # the name itself, before the row that needs it commits
         return sha256
 
     def archives(self) -> set[str]:
@@ -330,6 +336,14 @@ class _Aliases(HistoryStore, AliasRouter):
     def apply(self, function: str, alias: str, state: AliasState, revision: None) -> None:
         self.db.execute("INSERT INTO aliases VALUES (?, ?, ?) ON CONFLICT (function, alias) DO UPDATE SET state = "
                         "excluded.state", (function, alias, json.dumps(asdict(state))))
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _moves(db: sqlite3.Connection) -> tuple[_Aliases, _Aliases]:

@@ -9,6 +9,7 @@ arrival, and finishes on it even if the alias moves meanwhile.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import platform as host
@@ -59,7 +60,7 @@ class LocalPlatform:
         self.workers = WorkerPool(run_dir, self.logs, on_start=self._worker_started, on_change=self._workers_changed,
                                   memory=memory, prepare=self._prepare)
         self._trusted: dict[Path, asyncio.Future[None]] = {}  # trees verified and locked by this process
-        self._verified: set[Path] = set()  # trees this process unpacked or checked, and found intact
+        self._verified: set[Path] = set()  # with users of their own: trees this process unpacked or checked
         self._routers: dict[tuple[str, str], WeightedRouter] = {}
         self._moves = asyncio.Lock()  # alias moves apply to the cache in commit order
         self._deploys = threading.Lock()  # one at a time: a failed deploy then removes only what it made
@@ -114,7 +115,7 @@ class LocalPlatform:
                                    hint="deploy archives built by `fnpack build --target local`")
             self._check_manifest(name, manifest)  # before unpacking: a refused archive writes nothing
             unpacked = sum(int(f.get("size", 0)) for f in manifest.get("files", {}).values())
-            needed = f"this archive needs {mib(upload.stat().st_size)} to store and {mib(unpacked)} unpacked"
+            needed = f"this archive needs {mib(upload.stat().st_size)} to store and up to {mib(unpacked)} unpacked"
             with self._deploys:
                 fresh = not unpacked_path(sha256, self.unpacked).is_dir()
                 try:
@@ -122,7 +123,7 @@ class LocalPlatform:
                     return self.registry.deploy(upload, name, manifest["spec"], actor, handed_over=sha256)
                 except BaseException as exc:
                     if fresh:  # no version has it yet (an existing tree may serve one): take it back
-                        remove_tree(unpacked_path(sha256, self.unpacked))
+                        self._remove_tree(unpacked_path(sha256, self.unpacked))
                     error = state_error(exc, self.state_dir, needed)
                     if error is None or error is exc:
                         raise
@@ -131,14 +132,17 @@ class LocalPlatform:
     def _newest_trees(self, name: str, count: int = 3) -> list[tuple[Path, Path]]:
         """The unpacked trees of a function's newest versions, with their archives: what a new version most likely
         shares with them (its dependencies, its model). Only the function's own: another's files are never
-        linked into it."""
+        linked into it. With users of their own, only trees this process verified: a tree an earlier run left
+        (perhaps one without root, whose user could still write it) is verified at its first start first."""
         try:
             versions = self.registry.versions(name)
         except NotFoundError:
             return []
         pairs = ((unpacked_path(v.sha256, self.unpacked), self.registry.archive_path(v.sha256))
                  for v in reversed(versions))
-        return [(tree, archive) for tree, archive in pairs if tree.is_dir() and archive.is_file()][:count]
+        usable = ((tree, archive) for tree, archive in pairs if tree.is_dir() and archive.is_file()
+                  and (tree in self._verified or not self.isolation.separate_users))
+        return list(itertools.islice(usable, count))
 
     @staticmethod
     def _check_manifest(name: str, manifest: dict[str, Any]) -> None:
@@ -205,15 +209,19 @@ class LocalPlatform:
     def _unpack(self, archive: Path | SafeArchive, sha256: str, reuse: list[tuple[Path, Path]] | None = None
                 ) -> Path:
         fresh = not unpacked_path(sha256, self.unpacked).is_dir()
+        separate = self.isolation.separate_users
         # With users of their own, no function can change a tree (root's, read-only to them): one this process
-        # verified is linked from without hashing its files again.
-        sealed = {tree for tree, _ in reuse or () if tree in self._verified} if self.isolation.separate_users else ()
-        root = unpack_archive(archive, sha256, self.unpacked, reuse or (), sealed)  # an existing tree: as it is
-        if fresh:
+        # verified (the only ones `_newest_trees` offers then) is linked from without hashing its files again.
+        # Its folder is root's alone (0700) from the moment it has its name until `_trust` opens it to its group.
+        root = unpack_archive(archive, sha256, self.unpacked, reuse or (), {tree for tree, _ in reuse or ()}
+                              if separate else (), mode=0o700 if separate else 0o755)  # an existing tree: as it is
+        if fresh and separate:  # without, every function can write every tree: it is verified at its first start
             self._verified.add(root)
-            if self.isolation.separate_users:
-                root.chmod(0o700)  # until `_trust` opens it to its function's group
         return root
+
+    def _remove_tree(self, root: Path) -> None:
+        self._verified.discard(root)
+        remove_tree(root)
 
     async def _prewarm(self, name: str, number: int) -> None:
         try:
@@ -236,15 +244,19 @@ class LocalPlatform:
         if not archive.is_file():
             raise StartError(f"the archive of {pool.label} is missing from {self.registry.store}, so its unpacked "
                              "code cannot be verified", hint="deploy it again")
-        # A tree this process unpacked was verified file by file as it was written: hashing it all again
-        # would only delay the first start.
+        # A tree this process unpacked with users of their own was verified file by file as it was written, and
+        # no function can have changed it since: hashing it all again would only delay the first start.
         problems = [] if root in self._verified else verify_unpacked(root, archive, sha256)
         if problems:  # changed since it was unpacked: never import it, unpack the archive again
             log_line(pool.log, f"{pool.label}: its unpacked code changed on disk ({'; '.join(problems[:3])}); "
                                "unpacking it again from the archive")
-            remove_tree(root)
+            self._remove_tree(root)
+            if os.path.lexists(root):  # unpacking "again" would give back the changed tree as it is
+                raise StartError(f"the unpacked code of {pool.label} changed on disk and {root} cannot be removed",
+                                 hint="check the state folder's permissions and free space, then restart fnpack serve")
             self._unpack(archive, sha256)
-        self._verified.add(root)
+        if self.isolation.separate_users:
+            self._verified.add(root)
         self.isolation.lock_tree(root, pool.principal)
 
     async def set_alias(self, name: str, alias: str, state: AliasState, actor: str, reason: str | None,
@@ -306,7 +318,7 @@ class LocalPlatform:
             if not archive.is_file():
                 raise NotFoundError(f"the archive of {name} v{number} is missing from {self.registry.store}",
                                     hint="deploy it again")
-            remove_tree(root)
+            self._remove_tree(root)
             try:
                 root = self._unpack(archive, version.sha256)
             except OutputError as exc:  # a full or read-only state folder: 507 / 503, not 500
