@@ -2,10 +2,10 @@
 beside a content-addressed store of archives.
 
 Crash safety: an archive is copied into the store (temp file, fsync, rename),
-or an upload moved there (fsync, rename), before the row that names it is committed, so after a crash a version is
-either complete or absent; an archive without a row is never served and is
-reused by the next deploy of the same bytes. Every change is one
-`BEGIN IMMEDIATE` transaction: concurrent deploys get distinct numbers and
+or an upload moved there (fsync, rename), before the row that names it is
+committed, so after a crash a version is either complete or absent; an archive
+without a row is never served and is reused by the next deploy of the same
+bytes. Every change is one `BEGIN IMMEDIATE` transaction: concurrent deploys get distinct numbers and
 alias moves are atomic. A version number is never given twice, even after its
 version or its function is deleted: a number names one archive forever.
 A read-only or full state folder is a StateError (503/507), not a bare SQLite error.

@@ -213,8 +213,9 @@ class LocalPlatform:
         # With users of their own, no function can change a tree (root's, read-only to them): one this process
         # verified (the only ones `_newest_trees` offers then) is linked from without hashing its files again.
         # Its folder is root's alone (0700) from the moment it has its name until `_trust` opens it to its group.
-        root = unpack_archive(archive, sha256, self.unpacked, reuse or (), {tree for tree, _ in reuse or ()}
-                              if separate else (), mode=0o700 if separate else 0o755)  # an existing tree: as it is
+        sealed = {tree for tree, _ in reuse or ()} if separate else set()
+        root = unpack_archive(archive, sha256, self.unpacked, reuse or (), sealed,  # an existing tree: as it is
+                              mode=0o700 if separate else 0o755)
         if fresh and separate:  # without, every function can write every tree: it is verified at its first start
             self._verified.add(root)
         return root
@@ -255,9 +256,9 @@ class LocalPlatform:
                 raise StartError(f"the unpacked code of {pool.label} changed on disk and {root} cannot be removed",
                                  hint="check the state folder's permissions and free space, then restart fnpack serve")
             self._unpack(archive, sha256)
+        self.isolation.lock_tree(root, pool.principal)
         if self.isolation.separate_users:
             self._verified.add(root)
-        self.isolation.lock_tree(root, pool.principal)
 
     async def set_alias(self, name: str, alias: str, state: AliasState, actor: str, reason: str | None,
                         expect: AliasState | None | Expect = ANY) -> AliasMove:
