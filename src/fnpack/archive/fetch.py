@@ -141,9 +141,7 @@ def _opened(archive: Path | SafeArchive, sha256: str) -> Iterator[SafeArchive]:
         with open_archive(archive, expected_sha256=sha256) as arc:
             yield arc
         return
-    if archive.sha256 != sha256:
-        raise ArchiveError(f"{archive.path}: sha256 mismatch: expected {sha256}, got {archive.sha256}",
-                           hint="the archive is not the one expected; download it again or check the expected hash")
+    archive.expect(sha256)
     yield archive
 
 

@@ -148,11 +148,8 @@ class SafeArchive:
         self._lock = threading.Lock()  # reads seek the shared handle
         # The bytes hashed are the bytes read: one handle serves both.
         self.sha256 = _sha256_stream(fp) if hashed or expected_sha256 is None else expected_sha256.lower()
-        if expected_sha256 is not None and self.sha256 != expected_sha256.lower():
-            raise ArchiveError(
-                f"{path}: sha256 mismatch: expected {expected_sha256.lower()}, got {self.sha256}",
-                hint="the archive is not the one expected; download it again or check the expected hash",
-            )
+        if expected_sha256 is not None:
+            self.expect(expected_sha256)
         fp.seek(0)
         try:
             _count_entries(path, fp, limits)
@@ -167,6 +164,14 @@ class SafeArchive:
         self._files: dict[str, _Entry] = {}  # file and link entries by name, in archive order
         self._manifest: dict[str, Any] | None = None
         self._check()
+
+    def expect(self, sha256: str) -> None:
+        """Raise ArchiveError unless this is the archive with that sha256."""
+        if self.sha256 != sha256.lower():
+            raise ArchiveError(
+                f"{self.path}: sha256 mismatch: expected {sha256.lower()}, got {self.sha256}",
+                hint="the archive is not the one expected; download it again or check the expected hash",
+            )
 
     def __enter__(self) -> SafeArchive:
         return self

@@ -147,9 +147,9 @@ class Registry:
 
     def _store_archive(self, archive: Path) -> str:
         sha256 = sha256_file(archive)
-        target = self.archive_path(sha256)
-        if target.is_file() and sha256_file(target) == sha256:
+        if self._stored_intact(sha256):
             return sha256
+        target = self.archive_path(sha256)
         with tempfile.NamedTemporaryFile(dir=self.store, prefix=".incoming-", delete=False) as tmp:
             try:
                 with open(archive, "rb") as source:
@@ -166,10 +166,15 @@ class Registry:
         _fsync_folder(self.store)
         return sha256
 
-    def _move_archive(self, archive: Path, sha256: str) -> str:
+    def _stored_intact(self, sha256: str) -> bool:
+        """The store holds these bytes already (a damaged copy is replaced by the one coming in)."""
         target = self.archive_path(sha256)
-        if target.is_file() and sha256_file(target) == sha256:
+        return target.is_file() and sha256_file(target) == sha256
+
+    def _move_archive(self, archive: Path, sha256: str) -> str:
+        if self._stored_intact(sha256):
             return sha256
+        target = self.archive_path(sha256)
         with open(archive, "rb") as written:
             os.fsync(written.fileno())  # on disk before its name is: a crash never leaves a short archive stored
         try:

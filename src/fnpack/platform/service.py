@@ -211,9 +211,9 @@ class LocalPlatform:
         fresh = not unpacked_path(sha256, self.unpacked).is_dir()
         separate = self.isolation.separate_users
         # With users of their own, no function can change a tree (root's, read-only to them): one this process
-        # verified (the only ones `_newest_trees` offers then) is linked from without hashing its files again.
+        # verified is linked from without hashing its files again.
         # Its folder is root's alone (0700) from the moment it has its name until `_trust` opens it to its group.
-        sealed = {tree for tree, _ in reuse or ()} if separate else set()
+        sealed = {tree for tree, _ in reuse or () if tree in self._verified} if separate else set()
         root = unpack_archive(archive, sha256, self.unpacked, reuse or (), sealed,  # an existing tree: as it is
                               mode=0o700 if separate else 0o755)
         if fresh and separate:  # without, every function can write every tree: it is verified at its first start
